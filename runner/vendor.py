@@ -1,0 +1,106 @@
+"""Facts about the Webex Connect messaging APIs, in one place.
+
+Every stage that needs a vendor fact imports it from here, so that when the vendor
+confirms (or changes) something, one line changes. Facts marked UNCONFIRMED in
+`shared/webex-connect-api.md` are marked the same way below.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- hosts and paths (fact sheet §2) -------------------------------------------------
+
+REGIONS: Final[dict[str, str]] = {
+    "ca": "AWS Canada",
+    "eu": "AWS Ireland (EU)",
+    "uk": "AWS London (UK)",
+    "us": "AWS Oregon (US)",
+    "us1": "USA Azure",
+    "in": "AWS Mumbai (IN)",
+    "au": "AWS Sydney (AU)",
+}
+BASE_URL_TEMPLATE: Final = "https://api.{region}.webexconnect.io"
+V2_MESSAGES_PATH: Final = "/v2/messages"
+V1_SMS_PATH: Final = "/v1/sms/messages"
+
+# --- authentication (fact sheet §1) --------------------------------------------------
+
+SERVICE_KEY_HEADER: Final = "key"
+JWT_HEADER: Final = "Authorization"
+JWT_SCHEME: Final = "Bearer"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX: Final = 64
+# UNCONFIRMED: the Idempotency-Key header is documented for the sandbox SMS v1 reference
+# only; we send it on v2 as well and rely on the ledger for exactly-once either way.
+IDEMPOTENCY_WINDOW_SECONDS: Final = 3600
+
+# --- limits (fact sheet §6) ----------------------------------------------------------
+
+MAX_DESTINATIONS_PER_REQUEST: Final = 1000
+# The v2 page says 1024; the v1 pages say 4000. We enforce the stricter documented limit.
+MAX_TEXT_CHARS: Final = 1024
+MAX_CALLBACK_DATA_CHARS: Final = 2000
+MAX_SCHEDULE_AHEAD_SECONDS: Final = 7 * 24 * 3600
+MAX_VALIDITY_SECONDS: Final = 72 * 3600
+# UNCONFIRMED: no vendor maximum TPS is documented (it is raised through the account
+# manager); this bounds typos such as `tps: 1000000`.
+MAX_TPS: Final = 10_000
+RECEIPT_TYPES: Final = ("SUBMITTED", "SENT", "DELIVERED", "CLICKED", "FAILED")
+
+# --- substitutions (fact sheet §5) ---------------------------------------------------
+
+# UNCONFIRMED: `$(name)` is the only documented in-text placeholder (SMS API v1 sample);
+# that v2 SMS text uses the same syntax is likely but unconfirmed.
+PLACEHOLDER_TEMPLATE: Final = "$({name})"
+SMARTLINK_TOKEN_PREFIX: Final = "smartlink_"
+
+# --- errors (fact sheet §3.3) --------------------------------------------------------
+
+ERROR_MEANINGS: Final[dict[str, str]] = {
+    "7000": "Invalid JSON",
+    "7001": "Authentication failed",
+    "7002": "Service Key Missing",
+    "7003": "Mandatory parameters missing",
+    "7004": "Invalid parameters/values",
+    "7005": "Request expired",
+    "7006": "Internal error occurred",
+    "7007": "Service inactive",
+    "7009": "Max number of destination addresses limited to 1000",
+    "7010": "Source IP is not in the allowed list",
+    "7020": "Maximum transaction limit reached (rate limit / TPS exceeded)",
+    "7022": "JSON size exceeded",
+    "7101": "Invalid sender ID",
+    "7102": "Invalid destination address",
+    "7104": "Invalid app id",
+    "7107": "Message length exceeded",
+    "7108": "Invalid template ID",
+    "7200": "Unknown status",
+}
+RATE_LIMIT_CODE: Final = "7020"
+# UNCONFIRMED: the HTTP status carrying 7020 (429 or 400) and any Retry-After header.
+RATE_LIMIT_HTTP_STATUSES: Final = frozenset({429})
+# Codes worth another attempt: rate limit and the vendor's own internal error.
+RETRYABLE_CODES: Final = frozenset({RATE_LIMIT_CODE, "7006"})
+# The vendor's documented success statuses: 201 (v2), 202 (v1). Any 2xx is accepted.
+V2_SUCCESS_STATUS: Final = 201
+V1_SUCCESS_STATUS: Final = 202
+
+
+def error_meaning(code: str | None) -> str:
+    """The vendor's wording for an error code, so a failure reads as more than a number."""
+    if code is None:
+        return "no error code in the answer"
+    return ERROR_MEANINGS.get(code, "code not in the vendor's table")
+
+
+# --- receipts (fact sheet §4) --------------------------------------------------------
+
+RECEIPT_ENVELOPE: Final = "deliveryInfoNotification"
+RECEIPT_STATUS_BY_CODE: Final[dict[str, str]] = {
+    "7500": "Delivered",
+    "7501": "Submitted",
+    "7528": "Clicked",
+}
+# UNCONFIRMED: that the receipt's `transid` equals the v2 `messageId`; receipts are
+# matched on `correlationid` first for that reason.

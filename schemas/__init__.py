@@ -1,0 +1,1 @@
+"""Package data: the campaign JSON Schema, installed as `runner.schemas`."""
