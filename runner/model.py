@@ -143,7 +143,7 @@ ExcludeSource = RecipientFile | ExcludedNumber
 @dataclass(frozen=True)
 class Smartlink:
     smartlink_id: str
-    validity: int | str
+    validity: int | str | None
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ MAX_VALIDITY_SECONDS: Final = 72 * 3600
 # manager); this bounds typos such as `tps: 1000000`.
 MAX_TPS: Final = 10_000
 RECEIPT_TYPES: Final = ("SUBMITTED", "SENT", "DELIVERED", "CLICKED", "FAILED")
+# UNCONFIRMED: the v2 field table types trackClicks/shortenLinks as boolean, but the
+# vendor's own request sample sends them as strings ("true"). We follow the sample.
+OPTIONS_BOOLEANS_AS_STRINGS: Final = True
 
 # --- substitutions (fact sheet §5) ---------------------------------------------------
 

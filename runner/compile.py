@@ -1,0 +1,357 @@
+"""Compile: rendered recipients into the exact request bodies of the vendor API.
+
+Two strategies give every recipient the same final text:
+
+* platform: when the text uses only plain `{{ name }}` variables, the wire text carries
+  the platform's placeholders, campaign values ride in the global `substitutions` and a
+  recipient's own values in its `to[]` entry. A thousand recipients fit one request.
+* local: when the text uses jinja2 logic, each text is rendered here and recipients
+  whose rendered text is identical share a request.
+
+Everything here is deterministic (same inputs, byte-identical bodies) and streamed:
+batches leave as soon as they fill, so memory does not grow with the audience.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import segments, vendor
+from .errors import CampaignError
+from .model import Api, Batch, Campaign, Destination, Encoding, Message, Recipient, Scalar, SegmentCount
+from .recipients import RecipientStats, iter_recipients
+from .render import CompiledText, Renderer, compile_text
+
+MAX_OPEN_GROUPS = 512  # local strategy: distinct texts buffered before the oldest is flushed
+
+
+def batch_size(campaign: Campaign) -> int:
+    """Destinations per request: the vendor's cap, and never more than one second of TPS."""
+    return max(1, min(vendor.MAX_DESTINATIONS_PER_REQUEST, campaign.tps))
+
+
+def generated_correlation_id(campaign_id: str, msisdn: str) -> str:
+    """Stable across runs and machines, so receipts and re-runs match the same recipient."""
+    digest = hashlib.blake2b(f"{campaign_id}\x00{msisdn}".encode(), digest_size=8).hexdigest()
+    return f"cr-{digest}"
+
+
+def vendor_timestamp(moment: datetime) -> str:
+    """The vendor's documented form: UTC with milliseconds, e.g. 2024-09-26T13:47:18.000Z."""
+    utc = moment.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def message_text(campaign: Campaign) -> CompiledText | None:
+    """The text that is rendered per recipient: content text, or a template's preview."""
+    if campaign.content is not None:
+        return compile_text(campaign.content.text, campaign.content.location)
+    if campaign.template is not None and campaign.template.preview is not None:
+        return compile_text(campaign.template.preview, campaign.template.location)
+    return None
+
+
+@dataclass
+class CompileStats:
+    """Counters filled while batches stream out; read after the stream is consumed."""
+
+    recipients: RecipientStats = field(default_factory=RecipientStats)
+    messages: int = 0
+    segments: int = 0
+    requests: int = 0
+    by_encoding: dict[str, int] = field(default_factory=dict)
+    ucs2_causes: dict[str, tuple[int, str, str | None]] = field(default_factory=dict)  # char -> (count, where, fix)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One rendered message and the substitution values its `to[]` entry needs."""
+
+    message: Message
+    own_values: Mapping[str, Scalar]
+
+
+class Compiler:
+    """Streams a campaign into `Message`s and `Batch`es."""
+
+    def __init__(self, campaign: Campaign, api: Api = "v2", *, skip: Callable[[str], bool] | None = None) -> None:
+        self.campaign = campaign
+        self.api = api
+        self.skip = skip  # msisdns already accepted (apply --allow-changes)
+        self.stats = CompileStats()
+        self.text = message_text(campaign)
+        self.renderer = Renderer(campaign, self.text) if self.text is not None else None
+        self.platform = campaign.template is not None or (self.text is not None and self.text.is_plain)
+        self.size = 1 if api == "v1" else batch_size(campaign)
+        if api == "v1":
+            refuse_v1(campaign)
+
+    # --- messages ---------------------------------------------------------------
+
+    def iter_compiled(self) -> Iterator[Compiled]:
+        for recipient in iter_recipients(self.campaign, self.stats.recipients):
+            if self.skip is not None and self.skip(recipient.msisdn):
+                continue
+            yield self._compile_one(recipient)
+
+    def iter_messages(self) -> Iterator[Message]:
+        for compiled in self.iter_compiled():
+            yield compiled.message
+
+    def _compile_one(self, recipient: Recipient) -> Compiled:
+        correlation_id = recipient.correlation_id or generated_correlation_id(self.campaign.id, recipient.msisdn)
+        if self.renderer is not None:
+            text = self.renderer.render(recipient, correlation_id)
+        else:
+            text = ""
+        count = self._count(text, recipient)
+        if len(text) > vendor.MAX_TEXT_CHARS:
+            raise CampaignError(
+                f"{recipient.origin}: error: message for {recipient.msisdn} is {len(text)} characters after rendering; "
+                f"the API takes at most {vendor.MAX_TEXT_CHARS} [text-length]"
+            )
+        self.stats.messages += 1
+        self.stats.segments += count.segments
+        name = count.encoding.value
+        self.stats.by_encoding[name] = self.stats.by_encoding.get(name, 0) + 1
+        message = Message(recipient.msisdn, correlation_id, text, count, recipient.origin)
+        return Compiled(message, self._own_values(recipient, correlation_id))
+
+    def _count(self, text: str, recipient: Recipient) -> SegmentCount:
+        wanted = self.campaign.content.type if self.campaign.content is not None else "auto"
+        if wanted == "unicode":
+            return segments.count(text, Encoding.UCS2)
+        if segments.is_gsm7(text):
+            return segments.count(text, Encoding.GSM7)
+        offenders = segments.non_gsm7(text)
+        if wanted == "text":
+            index, char = offenders[0]
+            raise CampaignError(
+                f"{self._char_origin(char, recipient)}: error: content type is text but the message for "
+                f"{recipient.msisdn} has {char!r} (U+{ord(char):04X}), which GSM-7 cannot encode [non-gsm-character]",
+                hint=_replacement_hint(char),
+            )
+        for _, char in offenders:
+            seen = self.stats.ucs2_causes.get(char)
+            if seen is None:
+                self.stats.ucs2_causes[char] = (1, str(self._char_origin(char, recipient)),
+                                                segments.gsm7_replacement(char))
+            else:
+                self.stats.ucs2_causes[char] = (seen[0] + 1, seen[1], seen[2])
+        return segments.count(text, Encoding.UCS2)
+
+    def _char_origin(self, char: str, recipient: Recipient) -> str:
+        """Where a character came from: the template text, or the value of one variable."""
+        assert self.text is not None
+        index = self.text.source.find(char)
+        if index >= 0:
+            return f"{self.text.location} (message text, character {index + 1})"
+        for layer, where in ((recipient.substitutions, str(recipient.origin)),
+                             (recipient.source_substitutions, str(recipient.origin)),
+                             (self.campaign.substitutions, str(self.campaign.source.locate(("substitutions",))))):
+            for name, value in layer.items():
+                if name in self.text.variables and char in str(value):
+                    return f"{where} (substitution '{name}')"
+        return str(recipient.origin)
+
+    def _own_values(self, recipient: Recipient, correlation_id: str) -> Mapping[str, Scalar]:
+        """The values this recipient needs in its own `to[]` entry (platform strategy)."""
+        if not self.platform:
+            return {}
+        if self.campaign.template is not None:
+            values = dict(recipient.source_substitutions)
+            values.update(recipient.substitutions)
+            shared = self.campaign.substitutions
+            return {k: v for k, v in values.items() if k not in shared or shared[k] != v}
+        assert self.text is not None and self.renderer is not None
+        merged = self.renderer.values_for(recipient, correlation_id)
+        base = self.renderer.campaign_layer
+        return {
+            name: merged[name]
+            for name in sorted(self.text.variables)
+            if name in merged and (name not in base or base[name] != merged[name])
+        }
+
+    # --- batches ----------------------------------------------------------------
+
+    def iter_batches(self, compiled: Iterable[Compiled] | None = None) -> Iterator[Batch]:
+        stream = self.iter_compiled() if compiled is None else compiled
+        groups: dict[tuple[str, str], list[Compiled]] = {}
+        index = 0
+        for item in stream:
+            group_key = (item.message.count.encoding.value, "" if self.platform else item.message.text)
+            members = groups.setdefault(group_key, [])
+            members.append(item)
+            if len(members) >= self.size:
+                del groups[group_key]
+                yield self._batch(index, members)
+                index += 1
+            elif len(groups) > MAX_OPEN_GROUPS:
+                oldest = next(iter(groups))
+                yield self._batch(index, groups.pop(oldest))
+                index += 1
+        for members in groups.values():
+            yield self._batch(index, members)
+            index += 1
+
+    def _batch(self, index: int, members: list[Compiled]) -> Batch:
+        body = self._v1_body(members[0]) if self.api == "v1" else self._v2_body(members)
+        self.stats.requests += 1
+        key_source = json.dumps([self.campaign.id, self.api, body], sort_keys=True, ensure_ascii=False)
+        digest = hashlib.sha256(key_source.encode()).hexdigest()[:40]
+        return Batch(
+            key=f"{index:06d}-{digest}",
+            index=index,
+            api=self.api,
+            body=body,
+            destinations=tuple(Destination(m.message.msisdn, m.message.correlation_id) for m in members),
+        )
+
+    def _content_type(self, encoding: Encoding) -> str:
+        return "unicode" if encoding is Encoding.UCS2 else "text"
+
+    def _v2_body(self, members: list[Compiled]) -> dict[str, Any]:
+        c = self.campaign
+        first = members[0].message
+        body: dict[str, Any] = {"channel": "sms", "from": c.sender, "to": []}
+        for item in members:
+            entry: dict[str, Any] = {"msisdn": [item.message.msisdn]}
+            if item.own_values:
+                entry["substitutions"] = dict(item.own_values)
+            entry["correlationId"] = item.message.correlation_id
+            body["to"].append(entry)
+        if c.template is not None:
+            body["template"] = {"id": c.template.id}
+            if c.substitutions:
+                body["substitutions"] = dict(c.substitutions)
+        elif self.platform:
+            assert self.text is not None and self.renderer is not None
+            body["content"] = {"type": self._content_type(first.count.encoding), "text": self.text.wire_text()}
+            shared = {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables)
+                      if n in self.renderer.campaign_layer}
+            if shared:
+                body["substitutions"] = shared
+        else:
+            body["content"] = {"type": self._content_type(first.count.encoding), "text": first.text}
+        body.update(self._v2_extras())
+        return body
+
+    def _v2_extras(self) -> dict[str, Any]:
+        c = self.campaign
+        extras: dict[str, Any] = {}
+        if c.options is not None:
+            extras["options"] = _options_body(c)
+        if c.requested_receipts:
+            extras["requestedReceipts"] = list(c.requested_receipts)
+        if c.send_at is not None:
+            extras["sendAt"] = vendor_timestamp(c.send_at)
+        if c.expire_at is not None:
+            extras["expireAt"] = vendor_timestamp(c.expire_at)
+        if c.validity_seconds is not None:
+            extras["validity"] = str(c.validity_seconds)
+        if c.callback_data is not None:
+            extras["callbackData"] = c.callback_data
+        if c.notify_url is not None:
+            extras["notifyUrl"] = c.notify_url
+        if c.notify_url_auth_id is not None:
+            extras["notifyUrlAuthId"] = c.notify_url_auth_id
+        if c.contact_policy is not None:
+            policy: dict[str, Any] = {"contactPolicyGroup": c.contact_policy.group}
+            if c.contact_policy.check_consent:
+                policy["channelCheckConsent"] = True
+            if c.contact_policy.apply_frequency_cap:
+                policy["channelApplyFrequencyCap"] = True
+            extras["contactPolicy"] = policy
+        if c.smartlinks:
+            extras["smartlinks"] = [
+                {"smartlinkId": s.smartlink_id, **({"validity": s.validity} if s.validity is not None else {})}
+                for s in c.smartlinks
+            ]
+        return extras
+
+    def _v1_body(self, item: Compiled) -> dict[str, Any]:
+        c = self.campaign
+        message = item.message
+        body: dict[str, Any] = {"from": c.sender, "to": message.msisdn}
+        if self.platform:
+            assert self.text is not None and self.renderer is not None
+            body["content"] = self.text.wire_text()
+            values = {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables)
+                      if n in self.renderer.campaign_layer}
+            values.update(item.own_values)
+            if values:
+                body["substitutions"] = values
+        else:
+            body["content"] = message.text
+        body["contentType"] = self._content_type(message.count.encoding)
+        body["correlationId"] = message.correlation_id
+        if c.notify_url is not None:
+            body["callbackUrl"] = c.notify_url
+        if c.notify_url_auth_id is not None:
+            body["callbackUrlAuthId"] = c.notify_url_auth_id
+        if c.callback_data is not None:
+            body["callbackData"] = c.callback_data
+        if c.expire_at is not None:
+            body["expireAt"] = vendor_timestamp(c.expire_at)
+        if c.options is not None:
+            body["shortenUrls"] = c.options.shorten_links
+            body["shortUrlDomain"] = c.options.domain
+            body["trackShortUrlClicks"] = c.options.track_clicks
+        return body
+
+
+def _options_body(campaign: Campaign) -> dict[str, Any]:
+    options = campaign.options
+    assert options is not None
+    flag: Callable[[bool], Any] = (lambda v: "true" if v else "false") if vendor.OPTIONS_BOOLEANS_AS_STRINGS else bool
+    body: dict[str, Any] = {"shortenLinks": flag(options.shorten_links), "trackClicks": flag(options.track_clicks),
+                            "domain": options.domain}
+    if options.tag1 is not None:
+        body["tag1"] = options.tag1
+    if options.tag2 is not None:
+        body["tag2"] = options.tag2
+    if options.allow_fallback_url is not None:
+        body["allowFallbackURL"] = flag(options.allow_fallback_url)
+    return body
+
+
+def refuse_v1(campaign: Campaign) -> None:
+    """SMS API v1 has no field for these; sending without them would change the campaign."""
+    source = campaign.source
+    unsupported = {
+        "sendAt": campaign.send_at is not None,
+        "validity": campaign.validity_seconds is not None,
+        "contactPolicy": campaign.contact_policy is not None,
+        "smartlinks": bool(campaign.smartlinks),
+        "template": campaign.template is not None,
+        "requestedReceipts": bool(campaign.requested_receipts),
+    }
+    options = campaign.options
+    if options is not None:
+        unsupported["options.tag1"] = options.tag1 is not None
+        unsupported["options.tag2"] = options.tag2 is not None
+        unsupported["options.allowFallbackURL"] = options.allow_fallback_url is not None
+    for name, present in unsupported.items():
+        if present:
+            location = source.locate(tuple(name.split(".")), key=True)
+            raise CampaignError(
+                f"{location}: error: SMS API v1 cannot express '{name}' [v1-unsupported]",
+                hint="send with --api v2 (the default), or remove the field for a v1 tenant",
+            )
+
+
+def _replacement_hint(char: str) -> str:
+    fix = segments.gsm7_replacement(char)
+    if fix is not None:
+        return f"replace {char!r} with {fix!r}, or set content.type to unicode or auto"
+    return "set content.type to unicode or auto"
+
+
+def body_line(batch: Batch) -> str:
+    """One JSON Lines record: compact, keys in the order built (deterministic)."""
+    return json.dumps(batch.body, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,497 @@
+"""Validation: the JSON Schema, then the SMS rules a schema cannot say.
+
+All problems are collected (not just the first), each at the line:col a user must
+edit, so one `campaign validate` run in CI lists everything a pull request got wrong.
+A file that passes becomes a typed `Campaign` for the later stages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from . import vendor
+from .errors import CampaignError
+from .load import load_document
+from .model import (
+    Campaign,
+    ContactPolicy,
+    Content,
+    Diagnostic,
+    ExcludedNumber,
+    ExcludeSource,
+    InlineRecipient,
+    JsonPath,
+    Location,
+    Options,
+    RecipientFile,
+    RecipientSource,
+    Severity,
+    Smartlink,
+    SourceDocument,
+    Template,
+)
+from .recipients import check_source_readable, invalid_reason, normalise_msisdn
+from .render import compile_text
+
+DEFAULT_TPS = 10
+CAMPAIGN_SUFFIXES = (".yaml", ".yml")
+SECRET_KEY_NAMES = frozenset(
+    {"key", "servicekey", "apikey", "jwt", "token", "authorization", "secret", "servicesecret", "password"}
+)
+JWT_PATTERN = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+DURATION_PART = re.compile(r"([0-9]+)([smhd])")
+DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@cache
+def schema_text() -> str:
+    """The campaign JSON Schema as shipped: the single source for the validator and `campaign schema`."""
+    return resources.files("runner.schemas").joinpath("campaign.schema.json").read_text(encoding="utf-8")
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(schema_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    display_name: str
+    diagnostics: tuple[Diagnostic, ...]
+    campaign: Campaign | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity is Severity.WARNING)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    files: tuple[FileResult, ...]
+
+    @property
+    def diagnostics(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for f in self.files for d in f.diagnostics)
+
+    @property
+    def error_count(self) -> int:
+        return sum(len(f.errors) for f in self.files)
+
+    @property
+    def warning_count(self) -> int:
+        return sum(len(f.warnings) for f in self.files)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; directories searched for *.yaml/*.yml (hidden folders skipped)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix in CAMPAIGN_SUFFIXES
+                    and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def validate_paths(paths: Iterable[Path], *, now: datetime, strict: bool = False) -> ValidationResult:
+    return ValidationResult(tuple(validate_file(p, now=now, strict=strict) for p in expand_paths(paths)))
+
+
+def validate_file(path: Path, *, now: datetime, strict: bool = False) -> FileResult:
+    display = str(path)
+    document, diagnostics = load_document(path, display)
+    if document is not None:
+        diagnostics = diagnostics + list(_check(document, now))
+    if strict:
+        diagnostics = [
+            Diagnostic(d.location, Severity.ERROR, d.message, d.rule, d.hint) if d.severity is Severity.WARNING else d
+            for d in diagnostics
+        ]
+    ordered = tuple(sorted(diagnostics, key=lambda d: (d.location.line, d.location.col, d.rule, d.message)))
+    campaign = None
+    if document is not None and not any(d.severity is Severity.ERROR for d in ordered):
+        campaign = build_campaign(document)
+    return FileResult(display, ordered, campaign)
+
+
+def load_campaign(path: Path, *, now: datetime, strict: bool = False) -> tuple[Campaign, tuple[Diagnostic, ...]]:
+    """A valid campaign and its warnings, or a CampaignError listing every error."""
+    result = validate_file(path, now=now, strict=strict)
+    if result.campaign is None:
+        raise CampaignError(
+            "\n".join(str(d) for d in result.errors) or f"{path}: invalid campaign",
+            hint="run `campaign validate` for every problem in the file",
+        )
+    return result.campaign, result.warnings
+
+
+# --- checks --------------------------------------------------------------------------
+
+
+def _check(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
+    secrets = list(_secret_checks(doc, doc.data, ()))
+    yield from secrets
+    flagged = {d.location for d in secrets}
+    # A credential key is also an unknown key; one message about it is enough.
+    schema_errors = [d for d in _schema_checks(doc) if d.location not in flagged]
+    yield from schema_errors
+    if schema_errors:
+        return  # rules below assume the shape is right
+    yield from _rule_checks(doc, now)
+
+
+def _diag(doc: SourceDocument, path: JsonPath, message: str, rule: str, *, hint: str | None = None,
+          key: bool = False, severity: Severity = Severity.ERROR) -> Diagnostic:
+    return Diagnostic(doc.locate(path, key=key), severity, message, rule, hint)
+
+
+def _secret_checks(doc: SourceDocument, node: Any, path: JsonPath) -> Iterator[Diagnostic]:
+    hint = "credentials come from WEBEX_CONNECT_SERVICE_KEY / WEBEX_CONNECT_JWT (or their _FILE variants), never from a campaign file"
+    if isinstance(node, dict):
+        in_substitutions = bool(path) and path[-1] == "substitutions"
+        for name, value in node.items():
+            normalised = str(name).lower().replace("_", "").replace("-", "")
+            if not in_substitutions and normalised in SECRET_KEY_NAMES:
+                yield _diag(doc, (*path, name), f"'{name}' looks like a credential; campaign files must not hold secrets",
+                            "secret-in-file", hint=hint, key=True)
+            else:
+                yield from _secret_checks(doc, value, (*path, name))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _secret_checks(doc, item, (*path, index))
+    elif isinstance(node, str) and JWT_PATTERN.search(node):
+        yield _diag(doc, path, "value looks like a JWT; campaign files must not hold secrets", "secret-in-file", hint=hint)
+
+
+def _schema_checks(doc: SourceDocument) -> Iterator[Diagnostic]:
+    for error in _validator().iter_errors(doc.data):
+        for cause in _causes(error):
+            yield from _schema_diagnostics(doc, cause)
+
+
+def _causes(error: ValidationError) -> list[ValidationError]:
+    """The errors worth showing for one failure, instead of a oneOf's whole cascade.
+
+    For oneOf/anyOf the branch the user evidently meant is the one with the fewest
+    errors (an inline recipient with one wrong value, not a file entry missing `file`);
+    all of that branch's errors are shown. When branches tie, jsonschema's best_match
+    picks the single most relevant error.
+    """
+    if error.validator not in ("oneOf", "anyOf") or not error.context:
+        return [error]
+    branches: dict[Any, list[ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.schema_path[0] if sub.schema_path else None, []).append(sub)
+    fewest = min(len(errs) for errs in branches.values())
+    candidates = [errs for errs in branches.values() if len(errs) == fewest]
+    chosen = candidates[0] if len(candidates) == 1 else [best_match(error.context)]
+    return [cause for sub in chosen for cause in _causes(sub)]
+
+
+def _schema_diagnostics(doc: SourceDocument, error: ValidationError) -> Iterator[Diagnostic]:
+    path: JsonPath = tuple(error.absolute_path)
+    rule = f"schema.{error.validator}"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted((error.schema.get("properties") or {}).keys()) if isinstance(error.schema, dict) else []
+        for extra in sorted(set(error.instance) - set(allowed), key=str):
+            close = difflib.get_close_matches(str(extra), allowed, n=1, cutoff=0.6)
+            message = f"unknown key '{extra}'" + (f"; did you mean '{close[0]}'?" if close else "")
+            hint = None if close else ("allowed here: " + ", ".join(allowed) if allowed else None)
+            yield _diag(doc, (*path, extra), message, rule, hint=hint, key=True)
+        return
+    if error.validator == "required":
+        where = ".".join(str(p) for p in path) or "the top level"
+        yield _diag(doc, path, f"{where}: {error.message}", rule, key=True)
+        return
+    if error.validator == "type" and path in doc.raw_scalars:
+        expected = error.validator_value
+        wants_string = expected == "string" or (isinstance(expected, list) and "string" in expected)
+        if wants_string:
+            yield _yaml_trap(doc, path, error.instance)
+            return
+    where = ".".join(str(p) for p in path)
+    yield _diag(doc, path, f"{where}: {error.message}" if where else error.message, rule)
+
+
+def _yaml_trap(doc: SourceDocument, path: JsonPath, value: Any) -> Diagnostic:
+    raw = doc.raw_scalars[path]
+    if isinstance(value, bool):
+        return _diag(doc, path, f"unquoted {raw} was read by YAML as the boolean {str(value).lower()}, not a string",
+                     "yaml-boolean-word", hint=f'quote it: "{raw}"')
+    if isinstance(value, (int, float)):
+        lost = " (leading '+' or '0' lost)" if raw.lstrip().startswith(("+", "0")) else ""
+        return _diag(doc, path, f"unquoted {raw} was read by YAML as the number {value!r}{lost}, not a string",
+                     "yaml-unquoted-number", hint=f'quote it: "{raw}"')
+    if not raw.strip():
+        return _diag(doc, path, "empty value was read by YAML as null, not a string", "yaml-null-word",
+                     hint='write a value, or "" for an empty string')
+    return _diag(doc, path, f"unquoted {raw} was read by YAML as null, not a string", "yaml-null-word",
+                 hint=f'quote it: "{raw}"')
+
+
+def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
+    data: dict[str, Any] = doc.data
+    sender = data["from"]
+    if sender.startswith("+"):
+        yield _diag(doc, ("from",), "'from' must not start with '+' (long codes are written with country code, no '+')",
+                    "from-no-plus", hint=f'write "{sender.lstrip("+")}"')
+    has_content, has_template = "content" in data, "template" in data
+    if has_content == has_template:
+        message = "use either 'content' or 'template', not both" if has_content else "one of 'content' or 'template' is required"
+        yield _diag(doc, ("template",) if has_content else (), message, "content-xor-template", key=has_content)
+    texts = []
+    if has_content:
+        texts.append((("content", "text"), data["content"]["text"]))
+    if has_template and "preview" in data["template"]:
+        texts.append((("template", "preview"), data["template"]["preview"]))
+    used_smartlinks: set[str] = set()
+    for path, text in texts:
+        if len(text) > vendor.MAX_TEXT_CHARS:
+            yield _diag(doc, path, f"text is {len(text)} characters; the API takes at most {vendor.MAX_TEXT_CHARS}",
+                        "text-length")
+        try:
+            compiled = compile_text(text, doc.locate(path))
+        except CampaignError as error:
+            yield _diag(doc, path, error.message.split(": error: ", 1)[-1].rsplit(" [", 1)[0], "template-syntax",
+                        hint=error.hint)
+            continue
+        used_smartlinks |= compiled.smartlink_ids
+    if len(data.get("callbackData", "")) > vendor.MAX_CALLBACK_DATA_CHARS:
+        yield _diag(doc, ("callbackData",), f"callbackData is {len(data['callbackData'])} characters; at most "
+                    f"{vendor.MAX_CALLBACK_DATA_CHARS}", "callback-data-length")
+    yield from _schedule_checks(doc, data, now)
+    yield from _option_checks(doc, data)
+    yield from _smartlink_checks(doc, data, used_smartlinks)
+    yield from _recipient_checks(doc, data)
+    tps = data.get("throughput", {}).get("tps")
+    if tps is not None and not 1 <= tps <= vendor.MAX_TPS:
+        yield _diag(doc, ("throughput", "tps"), f"tps must be between 1 and {vendor.MAX_TPS}, got {tps}", "tps-range")
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def parse_duration(value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    if value.isdigit():
+        return int(value)
+    return sum(int(n) * DURATION_SECONDS[unit] for n, unit in DURATION_PART.findall(value))
+
+
+def _schedule_checks(doc: SourceDocument, data: dict[str, Any], now: datetime) -> Iterator[Diagnostic]:
+    moments: dict[str, datetime] = {}
+    for name in ("sendAt", "expireAt"):
+        if name not in data:
+            continue
+        moment = parse_timestamp(data[name])
+        if moment is None:
+            yield _diag(doc, (name,), f"{name} '{data[name]}' is not an ISO 8601 date-time", "schedule-format",
+                        hint="e.g. 2026-11-25T09:00:00Z")
+        elif moment.tzinfo is None:
+            yield _diag(doc, (name,), f"{name} '{data[name]}' has no time zone", "schedule-no-zone",
+                        hint="add Z for UTC or an offset such as +01:00")
+        else:
+            moments[name] = moment
+            if moment <= now:
+                yield _diag(doc, (name,), f"{name} {data[name]} is in the past; apply will refuse it without --send-now",
+                            "schedule-past", severity=Severity.WARNING)
+            elif moment - now > timedelta(seconds=vendor.MAX_SCHEDULE_AHEAD_SECONDS):
+                yield _diag(doc, (name,), f"{name} is more than 7 days ahead; the API accepts at most 7 days",
+                            "schedule-too-far")
+    if "expireAt" in data and "validity" in data:
+        yield _diag(doc, ("validity",), "use either 'expireAt' or 'validity', not both (the API rejects both)",
+                    "expire-xor-validity", key=True)
+    if "sendAt" in moments and "expireAt" in moments and moments["expireAt"] <= moments["sendAt"]:
+        yield _diag(doc, ("expireAt",), "expireAt must be after sendAt", "expire-before-send")
+    if "validity" in data:
+        seconds = parse_duration(data["validity"])
+        if not 1 <= seconds <= vendor.MAX_VALIDITY_SECONDS:
+            yield _diag(doc, ("validity",), f"validity is {seconds} s; it must be between 1 s and 72 h", "validity-range")
+
+
+def _url_problem(url: str, *, https_only: bool) -> str | None:
+    if url != url.strip():
+        return "has leading or trailing spaces"
+    parts = urlsplit(url)
+    schemes = ("https",) if https_only else ("http", "https")
+    if parts.scheme not in schemes:
+        return f"must be an {' or '.join(schemes)} URL"
+    if not parts.hostname or " " in url:
+        return "is not a well-formed URL"
+    return None
+
+
+def _option_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagnostic]:
+    options = data.get("options")
+    shorten = bool(options and options.get("shortenLinks"))
+    track = bool(options and options.get("trackClicks"))
+    if options is not None:
+        problem = _url_problem(options["domain"], https_only=True)
+        if problem:
+            yield _diag(doc, ("options", "domain"), f"options.domain {problem}", "options-domain")
+        if track and not shorten:
+            yield _diag(doc, ("options", "trackClicks"), "trackClicks needs shortenLinks: true", "track-needs-shorten")
+    if "CLICKED" in data.get("requestedReceipts", []) and not (shorten and track):
+        index = data["requestedReceipts"].index("CLICKED")
+        yield _diag(doc, ("requestedReceipts", index), "CLICKED receipts need options.shortenLinks and options.trackClicks",
+                    "clicked-needs-tracking")
+    if "notifyUrl" in data:
+        problem = _url_problem(data["notifyUrl"], https_only=False)
+        if problem:
+            yield _diag(doc, ("notifyUrl",), f"notifyUrl {problem}", "notify-url")
+    policy = data.get("contactPolicy")
+    if policy is not None and not (policy.get("channelCheckConsent") or policy.get("channelApplyFrequencyCap")):
+        yield _diag(doc, ("contactPolicy",), "contactPolicy needs channelCheckConsent or channelApplyFrequencyCap true",
+                    "contact-policy-flag", key=True)
+
+
+def _smartlink_checks(doc: SourceDocument, data: dict[str, Any], used: set[str]) -> Iterator[Diagnostic]:
+    declared = {str(item["smartlinkId"]): index for index, item in enumerate(data.get("smartlinks", []))}
+    for smartlink_id in sorted(used - set(declared)):
+        path = ("content", "text") if "content" in data else ("template", "preview")
+        yield _diag(doc, path, f"text uses {{{{ smartlink_{smartlink_id} }}}} but 'smartlinks' has no entry for "
+                    f"'{smartlink_id}'", "smartlink-undeclared")
+    if "content" in data:
+        for smartlink_id, index in declared.items():
+            if smartlink_id not in used:
+                yield _diag(doc, ("smartlinks", index), f"smartlink '{smartlink_id}' is declared but the text has no "
+                            f"{{{{ smartlink_{smartlink_id} }}}} token", "smartlink-unused")
+
+
+def _recipient_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagnostic]:
+    seen_ids: dict[str, int] = {}
+    for index, item in enumerate(data["recipients"]):
+        if "msisdn" in item:
+            yield from _msisdn_check(doc, ("recipients", index, "msisdn"), item["msisdn"])
+            cid = item.get("correlationId")
+            if cid is not None:
+                if cid in seen_ids:
+                    first = doc.locate(("recipients", seen_ids[cid], "correlationId"))
+                    yield _diag(doc, ("recipients", index, "correlationId"), f"correlationId '{cid}' is used twice",
+                                "correlation-id-duplicate", hint=f"first used at line {first.line}")
+                else:
+                    seen_ids[cid] = index
+        else:
+            yield from _file_check(doc, ("recipients", index), _file_source(doc, ("recipients", index), item))
+    for index, item in enumerate(data.get("exclude", [])):
+        if isinstance(item, dict) and "msisdn" in item:
+            yield from _msisdn_check(doc, ("exclude", index, "msisdn"), item["msisdn"])
+        else:
+            entry = {"file": item} if isinstance(item, str) else item
+            yield from _file_check(doc, ("exclude", index), _file_source(doc, ("exclude", index), entry))
+
+
+def _msisdn_check(doc: SourceDocument, path: JsonPath, raw: str) -> Iterator[Diagnostic]:
+    if normalise_msisdn(raw) is None:
+        yield _diag(doc, path, invalid_reason(raw), "msisdn-e164",
+                    hint="write + country code + number, e.g. +447911123456")
+
+
+def _file_check(doc: SourceDocument, path: JsonPath, source: RecipientFile) -> Iterator[Diagnostic]:
+    problem = check_source_readable(source)
+    if problem:
+        yield _diag(doc, (*path, "file"), f"{source.display_name}: {problem}", "recipient-file")
+
+
+def _file_source(doc: SourceDocument, path: JsonPath, item: dict[str, Any]) -> RecipientFile:
+    relative = Path(item["file"])
+    resolved = relative if relative.is_absolute() else doc.path.parent / relative
+    fmt: Literal["csv", "jsonl"] = "jsonl" if resolved.suffix.lower() in (".jsonl", ".ndjson") else "csv"
+    if item.get("format") in ("csv", "jsonl"):
+        fmt = item["format"]
+    return RecipientFile(
+        path=resolved,
+        display_name=str(Path(doc.display_name).parent / relative) if not relative.is_absolute() else str(relative),
+        format=fmt,
+        msisdn_field=item.get("msisdnColumn", "msisdn"),
+        substitutions=dict(item.get("substitutions", {})),
+        location=doc.locate((*path, "file")),
+    )
+
+
+# --- building the typed campaign -----------------------------------------------------
+
+
+def build_campaign(doc: SourceDocument) -> Campaign:
+    """The validated file as typed values; only called when validation found no error."""
+    data: dict[str, Any] = doc.data
+    sources: list[RecipientSource] = []
+    for index, item in enumerate(data["recipients"]):
+        if "msisdn" in item:
+            sources.append(InlineRecipient(item["msisdn"], dict(item.get("substitutions", {})),
+                                           item.get("correlationId"), doc.locate(("recipients", index))))
+        else:
+            sources.append(_file_source(doc, ("recipients", index), item))
+    exclude: list[ExcludeSource] = []
+    for index, item in enumerate(data.get("exclude", [])):
+        if isinstance(item, dict) and "msisdn" in item:
+            exclude.append(ExcludedNumber(item["msisdn"], doc.locate(("exclude", index, "msisdn"))))
+        else:
+            exclude.append(_file_source(doc, ("exclude", index), {"file": item} if isinstance(item, str) else item))
+    content = data.get("content")
+    template = data.get("template")
+    options = data.get("options")
+    policy = data.get("contactPolicy")
+    return Campaign(
+        id=data["id"],
+        description=data.get("description"),
+        sender=data["from"],
+        content=Content(content.get("type", "auto"), content["text"], doc.locate(("content", "text")))
+        if content else None,
+        template=Template(template["id"], template.get("preview"), doc.locate(("template", "preview")))
+        if template else None,
+        substitutions=dict(data.get("substitutions", {})),
+        recipients=tuple(sources),
+        exclude=tuple(exclude),
+        send_at=parse_timestamp(data["sendAt"]) if "sendAt" in data else None,
+        expire_at=parse_timestamp(data["expireAt"]) if "expireAt" in data else None,
+        validity_seconds=parse_duration(data["validity"]) if "validity" in data else None,
+        options=Options(options["domain"], bool(options.get("shortenLinks", False)),
+                        bool(options.get("trackClicks", False)), options.get("tag1"), options.get("tag2"),
+                        options.get("allowFallbackURL")) if options else None,
+        requested_receipts=tuple(data.get("requestedReceipts", ())),
+        notify_url=data.get("notifyUrl"),
+        notify_url_auth_id=data.get("notifyUrlAuthId"),
+        callback_data=data.get("callbackData"),
+        contact_policy=ContactPolicy(policy["contactPolicyGroup"], bool(policy.get("channelCheckConsent", False)),
+                                     bool(policy.get("channelApplyFrequencyCap", False))) if policy else None,
+        smartlinks=tuple(Smartlink(str(s["smartlinkId"]), s.get("validity")) for s in data.get("smartlinks", [])),
+        tps=data.get("throughput", {}).get("tps", DEFAULT_TPS),
+        source=doc,
+    )
