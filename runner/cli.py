@@ -20,27 +20,16 @@ from typing import Any, NoReturn, TextIO
 import click
 
 from . import __version__
+from .client import JWT_ENV, SERVICE_KEY_ENV, Credentials, redact
 from .errors import CampaignError, ExitCode
 
-SECRET_ENV = ("WEBEX_CONNECT_SERVICE_KEY", "WEBEX_CONNECT_JWT")
-
-
-def _secrets_from_env() -> list[str]:
-    values = [os.environ.get(name, "") for name in SECRET_ENV]
-    for name in SECRET_ENV:
-        file = os.environ.get(f"{name}_FILE")
-        if file:
-            try:
-                values.append(Path(file).read_text(encoding="utf-8").strip())
-            except OSError:
-                pass
-    return [v for v in values if len(v) >= 4]
-
-
 def redact_env_secrets(text: str) -> str:
-    for secret in _secrets_from_env():
-        text = text.replace(secret, "***")
-    return text
+    """Whatever the CLI prints passes through here: no credential from the environment survives."""
+    try:
+        secrets = Credentials.from_env(os.environ).secrets
+    except CampaignError:  # unreadable or conflicting settings: redact the raw values at least
+        secrets = tuple(v for v in (os.environ.get(SERVICE_KEY_ENV), os.environ.get(JWT_ENV)) if v)
+    return redact(text, Credentials(*secrets[:2])) if secrets else text
 
 
 def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
@@ -156,6 +145,97 @@ def compile_command(file: Path, output: Path | None, api: str) -> None:
     with _handler():
         settings = CompileSettings(file, output, "v1" if api == "v1" else "v2")
         sys.exit(run_compile(settings, now=now_utc(), out=_stdout()))
+
+
+STATE_HELP = "Ledger file (default .campaign/state.db; .campaign/sandbox.db with --sandbox)."
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=None, help=STATE_HELP)
+@API_OPTION
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (pipelines).")
+@click.option("--sandbox", is_flag=True, help="Send to an in-process sandbox API on 127.0.0.1: no credentials, no network.")
+@click.option("--region", default=None, help="Tenant region (us, eu, uk, ca, us1, in, au); env WEBEX_CONNECT_REGION.")
+@click.option("--base-url", default=None, help="API base URL; env WEBEX_CONNECT_BASE_URL. Wins over --region.")
+@click.option("--resend-uncertain", is_flag=True,
+              help="Resend batches that may or may not have been accepted, with the same Idempotency-Key.")
+@click.option("--allow-changes", is_flag=True,
+              help="After a partial send, accept changed inputs and send only to recipients not yet accepted.")
+@click.option("--send-now", is_flag=True, help="Send now when sendAt (or expireAt) has passed, without those times.")
+@click.option("--max-in-flight", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Requests awaiting an answer at once.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True,
+              help="Seconds to wait for an answer.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every request attempt (secrets redacted).")
+@format_option(("text", "json"))
+def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, region: str | None,
+          base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool, max_in_flight: int,
+          timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
+    """Send a campaign exactly once. Exit 0 all accepted, 3 some failed/uncertain, 4 refused."""
+    from .commands import ApplySettings, Console, run_apply
+
+    with _handler():
+        settings = ApplySettings(file=file, state=state, api="v1" if api == "v1" else "v2", yes=yes, quiet=quiet,
+                                 verbose=verbose, resend_uncertain=resend_uncertain, allow_changes=allow_changes,
+                                 send_now=send_now, sandbox=sandbox, base_url=base_url, region=region,
+                                 output_format=output_format, max_in_flight=max_in_flight, timeout=timeout)
+        console = Console(out=_stdout(), err=click.get_text_stream("stderr"),
+                          interactive=sys.stdin.isatty() and sys.stderr.isatty(),
+                          confirm=lambda question: click.confirm(question, default=False, err=True),
+                          environ=dict(os.environ))
+        sys.exit(run_apply(settings, now=now_utc(), console=console))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=Path(".campaign/state.db"),
+              show_default=True, help="Ledger file.")
+@format_option(("text", "json"))
+def status(file: Path, state: Path, output_format: str) -> None:
+    """What the ledger knows: batches and destinations by status, failures by code, receipts."""
+    from .commands import StatusSettings, run_status
+
+    with _handler():
+        sys.exit(run_status(StatusSettings(file, state, output_format), now=now_utc(), out=_stdout()))
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 = a free port.")
+@click.option("--tps", type=click.IntRange(1, None), default=None, help="Tenant TPS to enforce (7020 above it).")
+@click.option("--latency", type=click.FloatRange(0, 60), default=0.0, help="Seconds before each answer.")
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Fraction answered 500/7006.")
+@click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Fraction accepted, then the connection closed unanswered.")
+@click.option("--seed", type=int, default=None, help="Makes fail/drop choices reproducible.")
+def sandbox(port: int, tps: int | None, latency: float, fail_rate: float, drop_rate: float, seed: int | None) -> None:
+    """Run a local stand-in for the Webex Connect API on 127.0.0.1 (Ctrl-C stops it)."""
+    from .sandbox import SandboxSettings, serve
+
+    with _handler():
+        settings = SandboxSettings(port=port, tps=tps, latency=latency, fail_rate=fail_rate, drop_rate=drop_rate,
+                                   seed=seed)
+        serve(settings, ready=lambda url: click.echo(f"sandbox listening on {url} (POST /v2/messages, "
+                                                    "/v1/sms/messages; GET /_sandbox/messages)", err=True))
+
+
+@cli.group()
+def receipts() -> None:
+    """Delivery receipts (the vendor's notifyUrl webhooks)."""
+
+
+@receipts.command()
+@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=Path(".campaign/state.db"),
+              show_default=True, help="Ledger file to record receipts in.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+def listen(state: Path, host: str, port: int) -> None:
+    """Receive deliveryInfoNotification webhooks and record them in the ledger."""
+    from .receipts import listen as serve_receipts
+
+    with _handler():
+        serve_receipts(state, host, port, ready=lambda url: click.echo(f"receipts listening on {url}", err=True))
 
 
 @cli.command()

@@ -44,6 +44,7 @@ from runner.model import Batch
 SERVICE_KEY_ENV: Final = "WEBEX_CONNECT_SERVICE_KEY"
 JWT_ENV: Final = "WEBEX_CONNECT_JWT"
 BASE_URL_ENV: Final = "WEBEX_CONNECT_BASE_URL"
+REGION_ENV: Final = "WEBEX_CONNECT_REGION"
 FILE_SUFFIX: Final = "_FILE"
 
 MAX_BODY_BYTES: Final = 1 << 20  # answers are small JSON objects; read no more than this

@@ -6,16 +6,24 @@ here, callable (and tested) without click. Each function returns the exit code.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, redact, resolve_base_url
 from .compile import Compiler, body_line
-from .errors import ExitCode
-from .model import Api
+from .errors import CampaignError, ExitCode
+from .ledger import Ledger, acquire_lock
+from .model import Api, Campaign
 from .plan import DEFAULT_SHOWN, build_plan
-from .report import REPORTER_BY_NAME
+from .receipts import record_receipts
+from .report import REPORTER_BY_NAME, progress_bar
+from .sandbox import Sandbox, SandboxSettings
+from .send import Applier, SendPolicy, prepare, schedule_for_now
 from .validate import load_campaign, validate_paths
 
 
@@ -27,8 +35,6 @@ class ValidateSettings:
 
 
 def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> ExitCode:
-    from .errors import CampaignError
-
     result = validate_paths(settings.paths, now=now, strict=settings.strict)
     if not result.files:
         raise CampaignError("no campaign files (*.yaml, *.yml) found", exit_code=ExitCode.USAGE)
@@ -76,3 +82,141 @@ def run_compile(settings: CompileSettings, *, now: datetime, out: TextIO) -> Exi
     finally:
         partial.unlink(missing_ok=True)
     return ExitCode.OK
+
+
+# --- apply, status, sandbox, receipts ---------------------------------------------------
+
+DEFAULT_STATE = Path(".campaign/state.db")
+# A rehearsal must never mark a real campaign as sent: sandbox runs keep their own ledger.
+DEFAULT_SANDBOX_STATE = Path(".campaign/sandbox.db")
+SANDBOX_RECEIPT_WAIT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    file: Path
+    state: Path | None = None
+    api: Api = "v2"
+    yes: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    resend_uncertain: bool = False
+    allow_changes: bool = False
+    send_now: bool = False
+    sandbox: bool = False
+    base_url: str | None = None
+    region: str | None = None
+    output_format: str = "text"
+    max_in_flight: int = 8
+    timeout: float = 30.0
+
+    @property
+    def state_path(self) -> Path:
+        if self.state is not None:
+            return self.state
+        return DEFAULT_SANDBOX_STATE if self.sandbox else DEFAULT_STATE
+
+
+@dataclass(frozen=True)
+class Console:
+    """What apply needs from the terminal, so it runs the same under click and in tests."""
+
+    out: TextIO
+    err: TextIO
+    interactive: bool
+    confirm: Callable[[str], bool]
+    environ: Mapping[str, str]
+
+
+def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
+    campaign, warnings = load_campaign(settings.file, now=now)
+    campaign = schedule_for_now(campaign, now, send_now=settings.send_now)
+    plan = build_plan(campaign, warnings, api=settings.api, limit=0)
+    if settings.output_format == "text":
+        REPORTER_BY_NAME["text"](console.err).plan(plan, show_all=False)
+    target = "the local sandbox" if settings.sandbox else "Webex Connect"
+    if not settings.yes:
+        if not console.interactive:
+            raise CampaignError("refusing to send without confirmation", exit_code=ExitCode.USAGE,
+                                hint="pass --yes to apply from a pipeline")
+        if not console.confirm(f"Send {plan.summary.messages} messages to {target}?"):
+            console.err.write("nothing sent\n")
+            return ExitCode.OK
+    with ExitStack() as stack:
+        stack.enter_context(acquire_lock(settings.state_path, campaign.id))
+        ledger = stack.enter_context(Ledger.open(settings.state_path))
+        sandbox = stack.enter_context(_sandbox_for(campaign)) if settings.sandbox else None
+        if sandbox is not None:
+            base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
+        else:
+            credentials = Credentials.from_env(console.environ)
+            base_url = resolve_base_url(
+                base_url=settings.base_url or console.environ.get(BASE_URL_ENV) or None,
+                region=settings.region or console.environ.get(REGION_ENV) or None,
+            )
+        client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout,
+                                               max_connections=settings.max_in_flight))
+        held = ledger.mark_dead_in_flight_uncertain(campaign.id)
+        if held:
+            console.err.write(f"{held} batches were in flight when an earlier run died: now uncertain\n")
+        compiler = prepare(campaign, ledger, api=settings.api, allow_changes=settings.allow_changes,
+                           resend_uncertain=settings.resend_uncertain)
+        run_id = ledger.begin_run(campaign.id)
+        log = _verbose_log(console.err, credentials) if settings.verbose else None
+        progress = stack.enter_context(progress_bar(console.err, plan.summary.messages,
+                                                    enabled=console.interactive and not settings.quiet))
+        policy = SendPolicy(max_in_flight=settings.max_in_flight, resend_uncertain=settings.resend_uncertain)
+        applier = Applier(campaign, ledger=ledger, sender=client, api=settings.api, policy=policy, run_id=run_id,
+                          on_progress=progress, log=log)
+        result = applier.run(compiler.iter_batches())
+        ledger.finish_run(run_id)
+        if sandbox is not None:
+            _collect_sandbox_receipts(sandbox, ledger, campaign.id)
+    REPORTER_BY_NAME[settings.output_format](console.out).apply(result)
+    return result.exit_code
+
+
+def _sandbox_for(campaign: Campaign) -> Sandbox:
+    templates = {}
+    if campaign.template is not None:
+        templates[campaign.template.id] = campaign.template.preview or f"(template {campaign.template.id})"
+    return Sandbox(SandboxSettings(tps=campaign.tps, templates=templates))
+
+
+def _collect_sandbox_receipts(sandbox: Sandbox, ledger: Ledger, campaign_id: str) -> None:
+    """A rehearsal shows delivery too: the sandbox's receipts go straight into the ledger.
+
+    The sandbox posts receipts from a background thread; wait until its outbox stops
+    growing (bounded), then record what it holds.
+    """
+    deadline = time.monotonic() + SANDBOX_RECEIPT_WAIT_SECONDS
+    seen = -1
+    while time.monotonic() < deadline and len(sandbox.outbox()) != seen:
+        seen = len(sandbox.outbox())
+        time.sleep(0.1)
+    record_receipts(ledger, (item["receipt"] for item in sandbox.outbox()), campaign_id)
+
+
+def _verbose_log(err: TextIO, credentials: Credentials) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        err.write(redact(line, credentials) + "\n")
+
+    return log
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    file: Path
+    state: Path = DEFAULT_STATE
+    output_format: str = "text"
+
+
+def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitCode:
+    campaign, _ = load_campaign(settings.file, now=now)
+    if not settings.state.exists():
+        raise CampaignError(f"no state at {settings.state}: campaign {campaign.id} was never applied with it",
+                            hint="pass --state PATH if apply used another one")
+    with Ledger.open(settings.state) as ledger:
+        summary = ledger.summary(campaign.id)
+    REPORTER_BY_NAME[settings.output_format](out).status(summary)
+    return ExitCode.PARTIAL if summary.batches.get("failed") or summary.batches.get("uncertain") else ExitCode.OK

@@ -9,10 +9,12 @@ stage.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -88,23 +90,26 @@ class TextReporter(Reporter):
         if plan.messages:
             console.print(_messages_table(plan))
         hidden = plan.summary.messages - len(plan.messages)
-        if hidden > 0:
+        if hidden > 0 and plan.messages:
             console.print(f"... {hidden} more message{'s' * (hidden != 1)} (--all shows every one)")
         for warning in plan.warnings:
             self.write(str(warning))
 
     def apply(self, result: ApplyResult) -> None:
         r = result
-        self.write(f"{'interrupted' if r.interrupted else 'done'}: {r.accepted_destinations} destinations accepted in "
-                   f"{r.accepted} requests ({r.destinations_per_second:.1f}/s over {r.elapsed_seconds:.1f} s, "
-                   f"{r.attempts} attempts)")
+        verdict = "interrupted" if r.interrupted else "sent"
+        if r.accepted or not r.already_accepted:
+            self.write(f"{verdict}: {_n(r.accepted_destinations, 'destination')} accepted in "
+                       f"{_n(r.accepted, 'request')} ({r.destinations_per_second:,.1f}/s over "
+                       f"{r.elapsed_seconds:.1f} s, {_n(r.attempts, 'attempt')})")
         if r.already_accepted:
-            self.write(f"skipped: {r.already_accepted} requests already accepted by an earlier run")
+            self.write(f"skipped: {_n(r.already_accepted, 'request')} already accepted by an earlier run")
         if r.failed:
-            self.write(f"failed: {r.failed} requests ({r.failed_destinations} destinations)")
+            self.write(f"failed: {_n(r.failed, 'request')} ({_n(r.failed_destinations, 'destination')})")
         if r.uncertain:
-            self.write(f"uncertain: {r.uncertain} requests ({r.uncertain_destinations} destinations) may or may not "
-                       "have been sent; held (--resend-uncertain sends them again with the same Idempotency-Key)")
+            self.write(f"uncertain: {_n(r.uncertain, 'request')} ({_n(r.uncertain_destinations, 'destination')}) "
+                       "may or may not have been sent; held (--resend-uncertain sends them again with the same "
+                       "Idempotency-Key)")
         for failure in r.failures[:20]:
             status = f"HTTP {failure.http_status}" if failure.http_status else "no answer"
             code = f" {failure.code} ({error_meaning(failure.code)})" if failure.code else ""
@@ -160,6 +165,10 @@ class JsonReporter(Reporter):
             "lastRunStartedAt": result.last_run_started_at,
             "lastRunFinishedAt": result.last_run_finished_at,
         })
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'s' * (count != 1)}"
 
 
 def _tally(counts: Mapping[str, int]) -> str:
@@ -292,3 +301,21 @@ def _messages_table(plan: Plan) -> Table:
 REPORTER_BY_NAME: dict[str, type[Reporter]] = {
     cls.name: cls for cls in (TextReporter, JsonReporter, GithubReporter, MarkdownReporter)
 }
+
+
+@contextmanager
+def progress_bar(out: TextIO, total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A bar with rate and ETA on a terminal; nothing at all in a pipeline log."""
+    if not enabled:
+        yield lambda done: None
+        return
+    columns = (TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(file=out), transient=False) as progress:
+        task = progress.add_task("send", total=total, rate="")
+
+        def advance(done: int) -> None:
+            speed = progress.tasks[0].speed
+            progress.update(task, advance=done, rate=f"{speed:,.0f} msg/s" if speed else "")
+
+        yield advance

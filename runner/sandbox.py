@@ -1,0 +1,886 @@
+"""A local stand-in for the Webex Connect messaging API, on loopback only.
+
+Rehearsals (`campaign apply --sandbox`) and the project's own tests talk real HTTP to
+it, so the client, the retry logic and the ledger are exercised exactly as against the
+vendor. It is deliberately at least as strict as the vendor documents (fact sheet
+§1-§6): a client that works here should work there. Faults (latency, 500s, dropped
+connections after acceptance) are injected on demand, because exactly-once delivery
+is only believable once it has survived them.
+
+Receipts are posted only to loopback URLs; any other notifyUrl is kept in an outbox,
+so a rehearsal of a real campaign file can never call a customer's webhook.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import ipaddress
+import json
+import math
+import queue
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import TCPServer
+from types import TracebackType
+from typing import Any, Final, cast
+from urllib.parse import urlsplit
+
+import httpx
+
+from runner import vendor
+from runner.model import Encoding
+from runner.segments import count as count_segments
+from runner.segments import is_gsm7
+
+# --- facts the vendor documents but vendor.py does not name yet (see the report) ------
+
+INVALID_JSON: Final = "7000"
+AUTH_FAILED: Final = "7001"
+KEY_MISSING: Final = "7002"
+PARAM_MISSING: Final = "7003"
+PARAM_INVALID: Final = "7004"
+INTERNAL_ERROR: Final = "7006"
+TOO_MANY_DESTINATIONS: Final = "7009"
+JSON_TOO_LARGE: Final = "7022"
+INVALID_TEMPLATE: Final = "7108"
+RECEIPT_SUBMITTED: Final = "7501"
+RECEIPT_DELIVERED: Final = "7500"
+assert {INVALID_JSON, AUTH_FAILED, KEY_MISSING, PARAM_MISSING, PARAM_INVALID, INTERNAL_ERROR,
+        TOO_MANY_DESTINATIONS, JSON_TOO_LARGE, INVALID_TEMPLATE} <= vendor.ERROR_MEANINGS.keys()
+assert {RECEIPT_SUBMITTED, RECEIPT_DELIVERED} <= vendor.RECEIPT_STATUS_BY_CODE.keys()
+
+SMS_CHANNEL: Final = "sms"
+CONTENT_TYPES: Final = ("text", "unicode")
+V2_ACCEPTED_STATUS: Final = "queued"
+V1_AUTH_FAILED_MESSAGE: Final = "Authentication failed."  # the v1 page's wording, with the period
+INVALID_PARAMETER_MESSAGE: Final = "Invalid parameter - {name}"
+DESTINATION_LIMIT_MESSAGE: Final = "Max number of destination addresses limited to {limit}"
+JWT_ALGORITHM: Final = "HS256"
+E164_PATTERN: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
+RECEIPT_CODES_BY_REQUEST: Final = {"SUBMITTED": RECEIPT_SUBMITTED, "SENT": RECEIPT_SUBMITTED,
+                                   "DELIVERED": RECEIPT_DELIVERED}
+
+# --- the sandbox's own choices ---------------------------------------------------------
+
+MAX_BODY_BYTES: Final = 1 << 20
+DRAIN_LIMIT_BYTES: Final = 16 << 20  # past this an oversized body is not read, the socket is closed
+IDLE_TIMEOUT_SECONDS: Final = 60.0
+RECEIPT_POST_TIMEOUT_SECONDS: Final = 2.0
+TPS_WINDOW_SECONDS: Final = 1.0
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+SANDBOX_CARRIER: Final = "SANDBOX"
+INSPECT_PREFIX: Final = "/_sandbox/"
+IDEMPOTENCY_CONFLICT_MESSAGE: Final = f"{vendor.IDEMPOTENCY_HEADER} reused with a different body"
+
+_PREFIX, _SUFFIX = vendor.PLACEHOLDER_TEMPLATE.split("{name}")
+_PLACEHOLDER: Final = re.compile(
+    re.escape(_PREFIX) + r"([^\s" + re.escape(_PREFIX + _SUFFIX) + r"]+)" + re.escape(_SUFFIX)
+)
+
+
+def _loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    service_key: str | None = field(default=None, repr=False)
+    jwt_secret: str | None = field(default=None, repr=False)  # Base64, as the vendor issues it
+    tps: int | None = None
+    latency: float = 0.0
+    fail_rate: float = 0.0
+    drop_rate: float = 0.0
+    seed: int | None = None
+    templates: Mapping[str, str] = field(default_factory=dict)
+    receipts: bool = True
+    receipt_delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Refuse at construction, not on first request: a rehearsal that is silently
+        reachable from the network, or misconfigured, is worse than one that never starts."""
+        if not _loopback_host(self.host):
+            raise ValueError(f"sandbox host must be a loopback address, not {self.host!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+        if self.service_key == "":
+            raise ValueError("service_key must be non-empty (None accepts any key)")
+        if self.jwt_secret is not None:
+            try:
+                base64.b64decode(self.jwt_secret, validate=True)
+            except binascii.Error:
+                raise ValueError("jwt_secret must be Base64 (the vendor's Service Secret)") from None
+        if self.tps is not None and self.tps < 1:
+            raise ValueError(f"tps must be at least 1, not {self.tps}")
+        rates = (self.fail_rate, self.drop_rate)
+        if any(not 0.0 <= r <= 1.0 for r in rates) or sum(rates) > 1.0:
+            raise ValueError("fail_rate and drop_rate must be within 0..1 and add up to at most 1")
+        if self.latency < 0 or self.receipt_delay < 0:
+            raise ValueError("latency and receipt_delay must not be negative")
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    message_id: str
+    msisdn: str
+    correlation_id: str | None
+    text: str
+    api: str
+    idempotency_key: str | None
+    segments: int
+    accepted_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"messageId": self.message_id, "msisdn": self.msisdn, "correlationId": self.correlation_id,
+                "text": self.text, "api": self.api, "idempotencyKey": self.idempotency_key,
+                "segments": self.segments, "acceptedAt": self.accepted_at}
+
+
+# --- answers and refusals ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: Any  # JSON-able; None = no body at all (the v2 401)
+    headers: tuple[tuple[str, str], ...] = ()
+    drop: bool = False
+
+
+class _Reject(Exception):
+    """Raised from deep inside validation so that the first failing check wins, as the
+    vendor answers one error per request."""
+
+    def __init__(self, status: int, code: str, message: str | None,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(code)
+        self.code = code
+        self.answer = _Answer(status, None if message is None else {"code": code, "message": message}, headers)
+
+
+def _missing(name: str) -> _Reject:
+    return _Reject(400, PARAM_MISSING, f"{vendor.ERROR_MEANINGS[PARAM_MISSING]} - {name}")
+
+
+def _invalid(name: str) -> _Reject:
+    return _Reject(400, PARAM_INVALID, INVALID_PARAMETER_MESSAGE.format(name=name))
+
+
+def _meaning(status: int, code: str) -> _Reject:
+    return _Reject(status, code, vendor.ERROR_MEANINGS[code])
+
+
+def _now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+# --- validation: pure functions from a parsed body to a plan --------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    destinations: list[tuple[str, str | None, str]]  # msisdn, correlation id, final text
+    encoding: Encoding | None
+    correlation_id: str
+    notify_url: str | None
+    callback_data: str
+    receipt_codes: tuple[str, ...]
+
+
+def _blank(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def _boolish(value: Any) -> bool:
+    # The v2 sample sends booleans as strings (vendor.OPTIONS_BOOLEANS_AS_STRINGS).
+    return isinstance(value, bool) or value in ("true", "false")
+
+
+def _check_sender(value: Any) -> None:
+    if not isinstance(value, str) or value.startswith("+"):
+        raise _invalid("from")
+
+
+def _check_msisdn(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not E164_PATTERN.match(value):
+        raise _invalid(name)
+    return value
+
+
+def _check_text(text: Any, content_type: str, text_name: str, type_name: str) -> str:
+    if not isinstance(text, str) or len(text) > vendor.MAX_TEXT_CHARS:
+        raise _invalid(text_name)
+    if content_type == "text" and not is_gsm7(text):
+        raise _invalid(type_name)
+    return text
+
+
+def _check_timestamp(body: Mapping[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _invalid(name)
+    if moment - datetime.now(timezone.utc) > timedelta(seconds=vendor.MAX_SCHEDULE_AHEAD_SECONDS):
+        raise _invalid(name)
+
+
+def _check_url(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None  # the vendor's own samples send "" for "no notifyUrl"
+    if not isinstance(value, str) or value != value.strip():
+        raise _invalid(name)
+    parts = urlsplit(value)
+    try:
+        parts.port
+    except ValueError:
+        raise _invalid(name) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _invalid(name)
+    return value
+
+
+def _check_callback_data(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > vendor.MAX_CALLBACK_DATA_CHARS:
+        raise _invalid("callbackData")
+    return value
+
+
+def _check_substitutions(value: Any, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid(name)
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            out[key] = "true" if item else "false"
+        elif isinstance(item, (str, int, Decimal)):
+            out[key] = str(item)  # Decimal keeps the number as written: 1.50 stays "1.50"
+        else:
+            raise _invalid(f"{name}.{key}")
+    return out
+
+
+def _substitute(text: str, personal: Mapping[str, str], common: Mapping[str, str]) -> str:
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return personal.get(name, common.get(name, match.group(0)))
+
+    return _PLACEHOLDER.sub(one, text)
+
+
+def _validate_v2(body: Mapping[str, Any], templates: Mapping[str, str], limit: int) -> _Plan:
+    """Checks run in the vendor's code order: 7003, then 7009, then 7004, then 7108."""
+    if body.get("channel") != SMS_CHANNEL:
+        raise _missing("channel")
+    if _blank(body.get("from")):
+        raise _missing("from")
+    to = body.get("to")
+    if not isinstance(to, list) or not to:
+        raise _missing("to")
+    for entry in to:
+        if not isinstance(entry, dict) or not isinstance(entry.get("msisdn"), list) or not entry["msisdn"]:
+            raise _missing("to.msisdn")
+    content, template = body.get("content"), body.get("template")
+    if content is None and template is None:
+        raise _missing("content")
+    if isinstance(content, dict):
+        for name in ("type", "text"):
+            if _blank(content.get(name)):
+                raise _missing(f"content.{name}")
+    if isinstance(template, dict) and _blank(template.get("id")):
+        raise _missing("template.id")
+
+    if sum(len(entry["msisdn"]) for entry in to) > limit:
+        raise _Reject(400, TOO_MANY_DESTINATIONS, DESTINATION_LIMIT_MESSAGE.format(limit=limit))
+
+    _check_sender(body["from"])
+    entries: list[tuple[list[str], str | None, dict[str, str]]] = []
+    for entry in to:
+        numbers = [_check_msisdn(m, "to.msisdn") for m in entry["msisdn"]]
+        correlation = entry.get("correlationId")
+        if correlation is not None and not isinstance(correlation, str):
+            raise _invalid("to.correlationId")
+        entries.append((numbers, correlation, _check_substitutions(entry.get("substitutions"), "to.substitutions")))
+    encoding: Encoding | None = None
+    if content is not None and template is not None:
+        raise _invalid("template")  # one or the other, never both
+    if content is not None:
+        if not isinstance(content, dict) or content["type"] not in CONTENT_TYPES:
+            raise _invalid("content.type")
+        text = _check_text(content["text"], content["type"], "content.text", "content.type")
+        encoding = Encoding.UCS2 if content["type"] == "unicode" else None
+    elif not isinstance(template, dict) or not isinstance(template["id"], str):
+        raise _invalid("template.id")
+    if body.get("expireAt") is not None and body.get("validity") is not None:
+        raise _invalid("validity")
+    validity = body.get("validity")
+    if validity is not None and not (isinstance(validity, str) and validity.isascii() and validity.isdigit()
+                                     and 1 <= int(validity) <= vendor.MAX_VALIDITY_SECONDS):
+        raise _invalid("validity")
+    _check_timestamp(body, "sendAt")
+    _check_timestamp(body, "expireAt")
+    callback_data = _check_callback_data(body.get("callbackData"))
+    options = body.get("options")
+    if options is not None:
+        if not isinstance(options, dict) or _blank(options.get("domain")) or not isinstance(options["domain"], str):
+            raise _invalid("options.domain")
+        for flag in ("trackClicks", "shortenLinks", "allowFallbackURL"):
+            if flag in options and not _boolish(options[flag]):
+                raise _invalid(f"options.{flag}")
+    requested = body.get("requestedReceipts")
+    if requested is not None and (not isinstance(requested, list)
+                                  or any(r not in vendor.RECEIPT_TYPES for r in requested)):
+        raise _invalid("requestedReceipts")
+    notify_url = _check_url(body.get("notifyUrl"), "notifyUrl")
+    common = _check_substitutions(body.get("substitutions"), "substitutions")
+    _check_contact_policy(body.get("contactPolicy"))
+    smartlinks = body.get("smartlinks")
+    if smartlinks is not None and (not isinstance(smartlinks, list) or any(
+            not isinstance(s, dict) or _blank(s.get("smartlinkId")) for s in smartlinks)):
+        raise _invalid("smartlinks")
+
+    if template is not None:
+        if template["id"] not in templates:
+            raise _meaning(400, INVALID_TEMPLATE)
+        text = templates[template["id"]]
+
+    wanted = {RECEIPT_CODES_BY_REQUEST.get(r) for r in requested} if requested else None
+    return _Plan(
+        destinations=[(m, corr, _substitute(text, personal, common)) for numbers, corr, personal in entries
+                      for m in numbers],
+        encoding=encoding,
+        correlation_id=entries[0][1] or "",
+        notify_url=notify_url,
+        callback_data=callback_data,
+        receipt_codes=tuple(c for c in (RECEIPT_SUBMITTED, RECEIPT_DELIVERED) if wanted is None or c in wanted),
+    )
+
+
+def _check_contact_policy(policy: Any) -> None:
+    if policy is None:
+        return
+    if not isinstance(policy, dict):
+        raise _invalid("contactPolicy")
+    flags = [policy.get(k) for k in ("channelCheckConsent", "channelApplyFrequencyCap")]
+    if any(f is not None and not isinstance(f, bool) for f in flags) or True not in flags:
+        raise _invalid("contactPolicy")
+    if _blank(policy.get("contactPolicyGroup")):
+        raise _missing("contactPolicy.contactPolicyGroup")
+
+
+def _validate_v1(body: Mapping[str, Any]) -> _Plan:
+    for name in ("from", "to", "content"):
+        if _blank(body.get(name)):
+            raise _missing(name)
+    _check_sender(body["from"])
+    msisdn = _check_msisdn(body["to"], "to")
+    content_type = body.get("contentType") or "text"
+    if not isinstance(content_type, str) or content_type.lower() not in CONTENT_TYPES:
+        raise _invalid("contentType")
+    content_type = content_type.lower()
+    text = _check_text(body["content"], content_type, "content", "contentType")
+    correlation = body.get("correlationId")
+    if correlation is not None and not isinstance(correlation, str):
+        raise _invalid("correlationId")
+    callback_data = _check_callback_data(body.get("callbackData"))
+    callback_url = _check_url(body.get("callbackUrl"), "callbackUrl")
+    _check_timestamp(body, "expireAt")
+    for flag in ("shortenUrls", "trackShortUrlClicks"):
+        if flag in body and not _boolish(body[flag]):
+            raise _invalid(flag)
+    if "shortUrlDomain" in body and not isinstance(body["shortUrlDomain"], str):
+        raise _invalid("shortUrlDomain")
+    common = _check_substitutions(body.get("substitutions"), "substitutions")
+    return _Plan(
+        destinations=[(msisdn, correlation, _substitute(text, {}, common))],
+        encoding=Encoding.UCS2 if content_type == "unicode" else None,
+        correlation_id=correlation or "",
+        notify_url=callback_url,
+        callback_data=callback_data,
+        receipt_codes=(RECEIPT_SUBMITTED, RECEIPT_DELIVERED),
+    )
+
+
+def _parse_json(data: bytes) -> dict[str, Any]:
+    def no_constants(name: str) -> Any:
+        raise ValueError(name)  # NaN/Infinity are not JSON; the vendor's parser refuses them
+
+    try:
+        body = json.loads(data.decode("utf-8"), parse_float=Decimal, parse_constant=no_constants)
+    except ValueError:  # also UnicodeDecodeError and JSONDecodeError
+        raise _meaning(400, INVALID_JSON) from None
+    if not isinstance(body, dict):
+        raise _meaning(400, INVALID_JSON)
+    return body
+
+
+def _b64url(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _jwt_valid(token: str, secret: bytes | None) -> bool:
+    """Stdlib HS256 check: the vendor's JWT needs nothing more than HMAC-SHA256."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        header, claims = json.loads(_b64url(parts[0])), json.loads(_b64url(parts[1]))
+        signature = _b64url(parts[2])
+        signed = f"{parts[0]}.{parts[1]}".encode("ascii")
+    except ValueError:
+        return False
+    if not isinstance(header, dict) or header.get("alg") != JWT_ALGORITHM or not isinstance(claims, dict):
+        return False
+    iss, iat = claims.get("iss"), claims.get("iat")
+    if not isinstance(iss, str) or not iss or isinstance(iat, bool) or not isinstance(iat, (int, float)):
+        return False
+    if secret is None:
+        return True
+    return hmac.compare_digest(hmac.new(secret, signed, hashlib.sha256).digest(), signature)
+
+
+def _receipt(message: StoredMessage, code: str, callback_data: str) -> dict[str, Any]:
+    status = vendor.RECEIPT_STATUS_BY_CODE[code]
+    info: dict[str, Any] = {"timeStamp": _now_iso(), "Description": status, "code": code}
+    if code == RECEIPT_DELIVERED:  # the vendor sends messageCount only on Delivered/Failed
+        info["messageCount"] = str(message.segments)
+    info.update({"deliveryChannel": "SMS", "additionalInfo": "", "destination": message.msisdn.lstrip("+"),
+                 "destinationType": "msisdn", "deliveryStatus": status})
+    return {vendor.RECEIPT_ENVELOPE: {"deliveryInfo": info, "carrier": SANDBOX_CARRIER, "subtid": "",
+                                      "transid": message.message_id, "callbackData": callback_data,
+                                      "correlationid": message.correlation_id or ""}}
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str
+    body: bytes
+    body_error: _Reject | None
+    key: str
+    authorization: str
+    idempotency_key: str | None
+
+
+# --- the sandbox -----------------------------------------------------------------------
+
+
+class Sandbox:
+    """All state sits behind one lock: requests are tiny, and one lock makes the
+    idempotency check, the TPS window and the store a single atomic step."""
+
+    def __init__(self, settings: SandboxSettings = SandboxSettings()) -> None:
+        self.settings = settings
+        self._jwt_key = None if settings.jwt_secret is None else base64.b64decode(settings.jwt_secret)
+        self._lock = threading.Lock()
+        self._templates = dict(settings.templates)
+        self._rng = random.Random(settings.seed)
+        self._messages: list[StoredMessage] = []
+        self._counts: Counter[str] = Counter()
+        self._seen: dict[str, tuple[float, str, _Answer]] = {}
+        self._window: deque[tuple[float, int]] = deque()
+        self._outbox: list[dict[str, Any]] = []
+        self._receipts: queue.Queue[tuple[float, str, Callable[[], dict[str, Any]]] | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+
+    # lifecycle
+    def start(self) -> str:
+        if self._server is not None:
+            raise RuntimeError("sandbox already started")
+        host = "127.0.0.1" if self.settings.host.lower() == "localhost" else self.settings.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._server = _Server((host, self.settings.port), self, family)
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                             name="sandbox-http", daemon=True),
+            threading.Thread(target=self._post_receipts, name="sandbox-receipts", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()
+        self._receipts.put(None)
+        server.shutdown()
+        server.close_connections()  # keep-alive connections would otherwise outlive the server
+        server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("sandbox not started")
+        host, port = str(self._server.server_address[0]), int(self._server.server_address[1])
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+    # inspection
+    def messages(self) -> list[StoredMessage]:
+        with self._lock:
+            return list(self._messages)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            base = dict.fromkeys(("requests", "accepted_requests", "accepted_messages", "rejected", "dropped",
+                                  "replayed", "receipts_posted", "receipts_failed", "receipts_outboxed"), 0)
+            return {**base, **self._counts}
+
+    def outbox(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._outbox)
+
+    def add_template(self, template_id: str, text: str) -> None:
+        with self._lock:
+            self._templates[template_id] = text
+
+    def reset(self) -> None:
+        with self._lock:
+            self._messages.clear()
+            self._counts.clear()
+            self._seen.clear()
+            self._window.clear()
+            self._outbox.clear()
+
+    # request handling
+    def _route(self, request: _Request) -> _Answer:
+        path, method = request.path, request.method
+        if method == "POST" and path in (vendor.V2_MESSAGES_PATH, vendor.V1_SMS_PATH):
+            answer = self._send("v2" if path == vendor.V2_MESSAGES_PATH else "v1", request)
+            if self.settings.latency:
+                time.sleep(self.settings.latency)
+            return answer
+        if path.startswith(INSPECT_PREFIX):
+            found = self._inspect(method, path[len(INSPECT_PREFIX):])
+            if found is not None:
+                return found
+        return _Answer(404, {"code": "404", "message": f"no such endpoint: {method} {path}"})
+
+    def _inspect(self, method: str, name: str) -> _Answer | None:
+        if method == "POST" and name == "reset":
+            self.reset()
+            return _Answer(200, {"reset": True})
+        if method != "GET":
+            return None
+        if name == "messages":
+            return _Answer(200, [m.as_json() for m in self.messages()])
+        if name == "stats":
+            return _Answer(200, self.stats())
+        if name == "receipts":
+            return _Answer(200, self.outbox())
+        return None
+
+    def _send(self, api: str, request: _Request) -> _Answer:
+        with self._lock:
+            self._counts["requests"] += 1
+        try:
+            return self._accept(api, request)
+        except _Reject as reject:
+            with self._lock:
+                self._counts["rejected"] += 1
+                self._counts[f"rejected_{reject.code}"] += 1
+            return reject.answer
+
+    def _authenticate(self, api: str, key: str, authorization: str) -> None:
+        """JWT wins over the key when both are sent (vendor fact); on v1 a bare
+        Authorization value is the service key itself."""
+        scheme, _, token = authorization.partition(" ")
+        if authorization and scheme.lower() == vendor.JWT_SCHEME.lower():
+            ok = _jwt_valid(token.strip(), self._jwt_key)
+            failure = None if ok else AUTH_FAILED
+        else:
+            if authorization and api == "v1":
+                key = authorization
+            expected = self.settings.service_key
+            if authorization and api == "v2":
+                failure = AUTH_FAILED
+            elif not key:
+                failure = KEY_MISSING
+            elif expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
+                failure = AUTH_FAILED
+            else:
+                failure = None
+        if failure is None:
+            return
+        if api == "v2":
+            raise _Reject(401, failure, None)
+        raise _Reject(403, failure, V1_AUTH_FAILED_MESSAGE if failure == AUTH_FAILED
+                      else vendor.ERROR_MEANINGS[KEY_MISSING])
+
+    def _accept(self, api: str, request: _Request) -> _Answer:
+        self._authenticate(api, request.key, request.authorization)
+        if request.body_error is not None:
+            raise request.body_error
+        body = _parse_json(request.body)
+        key = request.idempotency_key
+        if key is not None and not 0 < len(key) <= vendor.IDEMPOTENCY_KEY_MAX:
+            raise _invalid(vendor.IDEMPOTENCY_HEADER)
+        canonical = json.dumps([api, body], sort_keys=True, separators=(",", ":"), default=str)
+        fingerprint = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+        settings = self.settings
+        limit = min(vendor.MAX_DESTINATIONS_PER_REQUEST, settings.tps or vendor.MAX_DESTINATIONS_PER_REQUEST)
+        with self._lock:
+            if key is not None:
+                replay = self._replay(key, fingerprint)
+                if replay is not None:
+                    return replay
+            plan = _validate_v2(body, self._templates, limit) if api == "v2" else _validate_v1(body)
+            self._check_rate(len(plan.destinations))
+            roll = self._rng.random()
+            if roll < settings.fail_rate:
+                raise _meaning(500, INTERNAL_ERROR)
+            return self._store(api, plan, key, fingerprint, drop=roll < settings.fail_rate + settings.drop_rate)
+
+    def _replay(self, key: str, fingerprint: str) -> _Answer | None:
+        seen = self._seen.get(key)
+        if seen is None or seen[0] < time.monotonic():
+            self._seen.pop(key, None)
+            return None
+        if seen[1] != fingerprint:
+            raise _Reject(409, PARAM_INVALID, IDEMPOTENCY_CONFLICT_MESSAGE)
+        self._counts["replayed"] += 1
+        answer = seen[2]
+        return replace(answer, headers=answer.headers + ((REPLAYED_HEADER, "true"),))
+
+    def _check_rate(self, destinations: int) -> None:
+        tps = self.settings.tps
+        if tps is None:
+            return
+        now = time.monotonic()
+        while self._window and self._window[0][0] <= now - TPS_WINDOW_SECONDS:
+            self._window.popleft()
+        excess = sum(n for _, n in self._window) + destinations - tps
+        if excess <= 0:
+            return
+        freed, wait = 0, TPS_WINDOW_SECONDS
+        for at, n in self._window:
+            freed += n
+            if freed >= excess:
+                wait = at + TPS_WINDOW_SECONDS - now
+                break
+        retry_after = str(max(1, math.ceil(wait)))
+        raise _Reject(429, vendor.RATE_LIMIT_CODE, vendor.ERROR_MEANINGS[vendor.RATE_LIMIT_CODE],
+                      (("Retry-After", retry_after),))
+
+    def _store(self, api: str, plan: _Plan, key: str | None, fingerprint: str, *, drop: bool) -> _Answer:
+        message_id, stamp, accepted_at = str(uuid.uuid4()), _now_iso(), time.time()
+        stored = [StoredMessage(message_id, msisdn, correlation, text, api, key,
+                                count_segments(text, plan.encoding).segments, accepted_at)
+                  for msisdn, correlation, text in plan.destinations]
+        self._messages.extend(stored)
+        if api == "v2":
+            answer = _Answer(vendor.V2_SUCCESS_STATUS, {"requestTimestamp": stamp, "messageId": message_id,
+                                                        "correlationId": plan.correlation_id,
+                                                        "status": V2_ACCEPTED_STATUS})
+        else:
+            answer = _Answer(vendor.V1_SUCCESS_STATUS, {"acceptedTime": stamp, "messageId": message_id,
+                                                        "correlationId": plan.correlation_id})
+        self._window.append((time.monotonic(), len(stored)))
+        if key is not None:
+            self._seen[key] = (time.monotonic() + vendor.IDEMPOTENCY_WINDOW_SECONDS, fingerprint, answer)
+        self._counts["accepted_requests"] += 1
+        self._counts["accepted_messages"] += len(stored)
+        self._counts["dropped"] += drop
+        self._queue_receipts(plan, stored)
+        return replace(answer, drop=drop)
+
+    def _queue_receipts(self, plan: _Plan, stored: list[StoredMessage]) -> None:
+        url = plan.notify_url
+        if not self.settings.receipts or url is None:
+            return
+        local = _loopback_host(urlsplit(url).hostname or "")
+        due = time.monotonic() + self.settings.receipt_delay
+        for message in stored:
+            for code in plan.receipt_codes:
+                if local:
+                    self._receipts.put((due, url, functools.partial(_receipt, message, code, plan.callback_data)))
+                else:  # never touch the network on behalf of a rehearsal
+                    self._outbox.append({"url": url, "receipt": _receipt(message, code, plan.callback_data)})
+                    self._counts["receipts_outboxed"] += 1
+
+    def _post_receipts(self) -> None:
+        with httpx.Client(timeout=RECEIPT_POST_TIMEOUT_SECONDS, trust_env=False) as client:
+            while (item := self._receipts.get()) is not None:
+                due, url, build = item
+                if self._stopping.wait(max(0.0, due - time.monotonic())):
+                    return
+                try:
+                    response = client.post(url, content=json.dumps(build()).encode("ascii"),
+                                           headers={"Content-Type": "application/json"})
+                    ok = response.is_success
+                except Exception:  # a receiver's failure must never take the sandbox down
+                    ok = False
+                with self._lock:
+                    self._counts["receipts_posted" if ok else "receipts_failed"] += 1
+
+
+# --- HTTP plumbing -------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox, family: socket.AddressFamily) -> None:
+        self.address_family = family
+        self.sandbox = sandbox
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall for seconds.
+        TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._open_lock:
+            for sock in list(self._open):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up mid-answer is routine here (drop_rate, killed runs)."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_SECONDS
+    server_version = "campaign-runner-sandbox"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: stderr belongs to the CLI, and headers may carry keys or JWTs."""
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """JSON instead of http.server's HTML page, so every answer has one shape."""
+        self._write(_Answer(code, {"code": str(code), "message": message or "bad request"}), close=True)
+
+    def _dispatch(self) -> None:
+        sandbox = cast(_Server, self.server).sandbox
+        try:
+            body, body_error = self._read_body()
+            request = _Request(self.command, urlsplit(self.path).path, body, body_error,
+                               (self.headers.get(vendor.SERVICE_KEY_HEADER) or "").strip(),
+                               (self.headers.get(vendor.JWT_HEADER) or "").strip(),
+                               self.headers.get(vendor.IDEMPOTENCY_HEADER))
+            answer = sandbox._route(request)
+        except Exception:  # a sandbox bug answers 500, it never kills the server
+            answer = _meaning(500, INTERNAL_ERROR).answer
+            self.close_connection = True
+        if answer.drop:
+            self.close_connection = True
+            return
+        self._write(answer)
+
+    def _read_body(self) -> tuple[bytes, _Reject | None]:
+        """Always consume the body (or close) so a keep-alive connection stays in sync."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return b"", _Reject(411, INVALID_JSON, "Content-Length required")
+        raw = (self.headers.get("Content-Length") or "0").strip()
+        if not raw.isascii() or not raw.isdigit():
+            self.close_connection = True
+            return b"", _Reject(400, INVALID_JSON, "Invalid Content-Length")
+        length = int(raw)
+        if length > MAX_BODY_BYTES:
+            if length > DRAIN_LIMIT_BYTES:
+                self.close_connection = True
+            else:
+                while length > 0 and (chunk := self.rfile.read(min(length, 1 << 16))):
+                    length -= len(chunk)
+            return b"", _meaning(400, JSON_TOO_LARGE)
+        data = self.rfile.read(length)
+        if len(data) < length:
+            self.close_connection = True
+            return data, _meaning(400, INVALID_JSON)
+        return data, None
+
+    def _write(self, answer: _Answer, *, close: bool = False) -> None:
+        payload = b"" if answer.body is None else json.dumps(answer.body).encode("ascii")
+        try:
+            self.send_response(answer.status)
+            if answer.body is not None:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in answer.headers:
+                self.send_header(name, value)
+            if close or self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True
+
+
+def serve(settings: SandboxSettings, *, ready: Callable[[str], None] | None = None) -> None:
+    """Block the calling thread: the `campaign sandbox` command has nothing else to do,
+    and Ctrl-C is its normal way out."""
+    with Sandbox(settings) as sandbox:
+        if ready is not None:
+            ready(sandbox.url)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return

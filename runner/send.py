@@ -1,0 +1,352 @@
+"""Apply: send a compiled campaign exactly once, at the tenant's TPS.
+
+The ledger is the source of truth. A batch is durably `in-flight` before its request
+leaves and `accepted` when the answer arrives, so after a crash a re-run knows what
+was taken (skip), what was refused (send again), and what it cannot know (`uncertain`:
+held unless the user asks to resend it with the same Idempotency-Key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from .client import Answer, Outcome
+from .compile import Compiler
+from .errors import CampaignError, ExitCode
+from .ledger import Ledger
+from .model import Api, Batch, Campaign, RecipientFile
+
+# The client side keeps its window a little longer than one second: the server counts
+# arrivals, and arrival times jitter with latency, so an exact 1.000 s window would
+# occasionally be read as over the limit.
+RATE_WINDOW_SECONDS = 1.02
+
+
+class Sender(Protocol):
+    def send(self, batch: Batch) -> Answer: ...
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    max_attempts: int = 8
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    max_in_flight: int = 8
+    resend_uncertain: bool = False
+
+
+@dataclass(frozen=True)
+class BatchFailure:
+    batch_key: str
+    destinations: int
+    http_status: int | None
+    code: str | None
+    message: str
+
+
+@dataclass
+class ApplyResult:
+    campaign_id: str
+    planned_batches: int = 0
+    planned_destinations: int = 0
+    already_accepted: int = 0  # batches skipped: accepted by an earlier run
+    accepted: int = 0
+    accepted_destinations: int = 0
+    failed: int = 0
+    failed_destinations: int = 0
+    uncertain: int = 0  # batches held (or left) uncertain
+    uncertain_destinations: int = 0
+    attempts: int = 0
+    elapsed_seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[BatchFailure] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.failed or self.uncertain or self.interrupted:
+            return ExitCode.PARTIAL
+        return ExitCode.OK
+
+    @property
+    def destinations_per_second(self) -> float:
+        return self.accepted_destinations / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "campaignId": self.campaign_id,
+            "plannedBatches": self.planned_batches,
+            "plannedDestinations": self.planned_destinations,
+            "alreadyAccepted": self.already_accepted,
+            "accepted": self.accepted,
+            "acceptedDestinations": self.accepted_destinations,
+            "failed": self.failed,
+            "failedDestinations": self.failed_destinations,
+            "uncertain": self.uncertain,
+            "uncertainDestinations": self.uncertain_destinations,
+            "attempts": self.attempts,
+            "elapsedSeconds": round(self.elapsed_seconds, 3),
+            "destinationsPerSecond": round(self.destinations_per_second, 1),
+            "interrupted": self.interrupted,
+            "exitCode": int(self.exit_code),
+            "failures": [
+                {"batchKey": f.batch_key, "destinations": f.destinations, "httpStatus": f.http_status,
+                 "code": f.code, "message": f.message}
+                for f in self.failures
+            ],
+        }
+
+
+# --- inputs --------------------------------------------------------------------------
+
+
+def input_hash(campaign: Campaign, api: Api) -> str:
+    """What the campaign's requests are made of: the file, every recipient file, the API."""
+    digest = hashlib.sha256(f"campaign-runner/1\x00{api}\x00".encode())
+    files = [campaign.path] + [s.path for s in (*campaign.recipients, *campaign.exclude) if isinstance(s, RecipientFile)]
+    for path in files:
+        digest.update(str(path.name).encode() + b"\x00")
+        try:
+            with path.open("rb") as stream:
+                for chunk in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as error:
+            raise CampaignError(f"{path}: cannot read: {error.strerror}") from None
+    return digest.hexdigest()
+
+
+def schedule_for_now(campaign: Campaign, now: datetime, *, send_now: bool) -> Campaign:
+    """Refuse a stale schedule, or with --send-now drop the times that have passed."""
+    stale = []
+    if campaign.send_at is not None and campaign.send_at <= now:
+        stale.append(f"sendAt {campaign.send_at.isoformat()} has passed")
+    if campaign.expire_at is not None and campaign.expire_at <= now:
+        stale.append(f"expireAt {campaign.expire_at.isoformat()} has passed")
+    if not stale:
+        return campaign
+    if not send_now:
+        raise CampaignError(
+            f"{campaign.source.display_name}: refusing to apply: " + "; ".join(stale),
+            exit_code=ExitCode.REFUSED,
+            hint="update the schedule, or pass --send-now to send immediately without the passed times",
+        )
+    return replace(
+        campaign,
+        send_at=None if campaign.send_at is not None and campaign.send_at <= now else campaign.send_at,
+        expire_at=None if campaign.expire_at is not None and campaign.expire_at <= now else campaign.expire_at,
+    )
+
+
+# --- pacing --------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """A sliding window over destinations: no window of RATE_WINDOW_SECONDS holds more than `rate`.
+
+    Counting destinations (not requests) is what the vendor's TPS means; a sliding
+    window (not a token bucket with a burst) is what keeps every second under it.
+    """
+
+    def __init__(self, rate: int, *, window: float = RATE_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate = rate
+        self.window = window
+        self.clock = clock
+        self.sleep = sleep
+        self.sent: deque[tuple[float, int]] = deque()
+        self.in_window = 0
+        self.paused_until = 0.0
+        self.lock = threading.Lock()
+
+    def pause(self, seconds: float) -> None:
+        """The server said slow down: nobody sends until then."""
+        with self.lock:
+            self.paused_until = max(self.paused_until, self.clock() + seconds)
+
+    def acquire(self, count: int, stop: threading.Event | None = None) -> bool:
+        count = min(count, self.rate)
+        while True:
+            with self.lock:
+                now = self.clock()
+                while self.sent and now - self.sent[0][0] >= self.window:
+                    self.in_window -= self.sent.popleft()[1]
+                wait_for = self.paused_until - now
+                if wait_for <= 0 and self.in_window + count <= self.rate:
+                    self.sent.append((now, count))
+                    self.in_window += count
+                    return True
+                if wait_for <= 0:
+                    wait_for = self.window - (now - self.sent[0][0])
+            if stop is not None and stop.is_set():
+                return False
+            self.sleep(min(max(wait_for, 0.001), 0.25))
+
+
+def backoff_delay(attempt: int, policy: SendPolicy, retry_after: float | None, rng: random.Random) -> float:
+    """Exponential backoff with full jitter; never sooner than the server's Retry-After."""
+    ceiling = min(policy.backoff_cap, policy.backoff_base * (2 ** (attempt - 1)))
+    delay = rng.uniform(ceiling / 2, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+# --- the send loop -------------------------------------------------------------------
+
+
+class Applier:
+    def __init__(self, campaign: Campaign, *, ledger: Ledger, sender: Sender, api: Api, policy: SendPolicy,
+                 run_id: str, on_progress: Callable[[int], None] | None = None, seed: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.campaign = campaign
+        self.ledger = ledger
+        self.sender = sender
+        self.api = api
+        self.policy = policy
+        self.run_id = run_id
+        self.on_progress = on_progress or (lambda n: None)
+        self.log = log
+        self.limiter = RateLimiter(campaign.tps)
+        self.stop = threading.Event()
+        self.rng = random.Random(seed)
+        self.rng_lock = threading.Lock()
+        self.result_lock = threading.Lock()
+        self.result = ApplyResult(campaign.id)
+
+    def run(self, batches: Iterator[Batch]) -> ApplyResult:
+        started = time.monotonic()
+        in_flight: set[Future[None]] = set()
+        pool = ThreadPoolExecutor(max_workers=self.policy.max_in_flight, thread_name_prefix="send")
+        try:
+            for batch in batches:
+                if self.stop.is_set():
+                    break
+                if not self._should_send(batch):
+                    continue
+                while len(in_flight) >= self.policy.max_in_flight:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()
+                if not self.limiter.acquire(len(batch.destinations), self.stop):
+                    break
+                in_flight.add(pool.submit(self._send_batch, batch))
+        except KeyboardInterrupt:
+            self.stop.set()
+            self.result.interrupted = True
+        finally:
+            # Answers of requests already on the wire are still recorded.
+            try:
+                pool.shutdown(wait=True)
+            except KeyboardInterrupt:
+                self.stop.set()
+                self.result.interrupted = True
+                pool.shutdown(wait=True)
+            for future in in_flight:
+                if future.done() and future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+            self.result.elapsed_seconds = time.monotonic() - started
+        return self.result
+
+    def _should_send(self, batch: Batch) -> bool:
+        self.ledger.record_pending(self.campaign.id, batch)
+        status = self.ledger.batch_status(batch.key)
+        with self.result_lock:
+            self.result.planned_batches += 1
+            self.result.planned_destinations += len(batch.destinations)
+            if status == "accepted":
+                self.result.already_accepted += 1
+                self.on_progress(len(batch.destinations))
+                return False
+            if status == "uncertain" and not self.policy.resend_uncertain:
+                self._count_uncertain(batch)
+                return False
+        return True
+
+    def _count_uncertain(self, batch: Batch) -> None:
+        self.result.uncertain += 1
+        self.result.uncertain_destinations += len(batch.destinations)
+
+    def _send_batch(self, batch: Batch) -> None:
+        answer: Answer | None = None
+        for attempt in range(1, self.policy.max_attempts + 1):
+            if attempt > 1 and self.stop.is_set():
+                break
+            self.ledger.mark_in_flight(batch.key, self.run_id)
+            with self.result_lock:
+                self.result.attempts += 1
+            answer = self.sender.send(batch)
+            if self.log is not None:
+                self.log(f"batch {batch.key} attempt {attempt}: {answer.outcome.value}"
+                         f" (HTTP {answer.http_status}, code {answer.code}) {answer.message}")
+            if answer.outcome is Outcome.ACCEPTED:
+                self.ledger.mark_accepted(batch.key, http_status=answer.http_status or 0, message_id=answer.message_id)
+                with self.result_lock:
+                    self.result.accepted += 1
+                    self.result.accepted_destinations += len(batch.destinations)
+                self.on_progress(len(batch.destinations))
+                return
+            if answer.outcome is Outcome.REJECTED:
+                break
+            if answer.outcome is Outcome.UNCERTAIN and not self.policy.resend_uncertain:
+                self.ledger.mark_uncertain(batch.key, reason=answer.message)
+                with self.result_lock:
+                    self._count_uncertain(batch)
+                    self._record_failure(batch, answer)
+                return
+            if attempt == self.policy.max_attempts:
+                break
+            with self.rng_lock:
+                delay = backoff_delay(attempt, self.policy, answer.retry_after, self.rng)
+            if answer.retry_after is not None or answer.http_status == 429:
+                self.limiter.pause(delay)
+            if self.stop.wait(delay):
+                break
+        assert answer is not None
+        if answer.outcome is Outcome.UNCERTAIN:
+            self.ledger.mark_uncertain(batch.key, reason=answer.message)
+            with self.result_lock:
+                self._count_uncertain(batch)
+                self._record_failure(batch, answer)
+            return
+        self.ledger.mark_failed(batch.key, http_status=answer.http_status, code=answer.code, message=answer.message)
+        with self.result_lock:
+            self.result.failed += 1
+            self.result.failed_destinations += len(batch.destinations)
+            self._record_failure(batch, answer)
+
+    def _record_failure(self, batch: Batch, answer: Answer) -> None:
+        if len(self.result.failures) < 100:
+            self.result.failures.append(
+                BatchFailure(batch.key, len(batch.destinations), answer.http_status, answer.code, answer.message))
+
+
+def prepare(campaign: Campaign, ledger: Ledger, *, api: Api, allow_changes: bool, resend_uncertain: bool) -> Compiler:
+    """Check the ledger against the inputs and return the compiler for what is left to send."""
+    new_hash = input_hash(campaign, api)
+    old_hash = ledger.campaign_hash(campaign.id)
+    skip: Callable[[str], bool] | None = None
+    if old_hash is not None and old_hash != new_hash:
+        summary = ledger.summary(campaign.id)
+        touched = sum(summary.destinations.get(s, 0) for s in ("accepted", "in-flight", "uncertain"))
+        if touched:
+            if not allow_changes:
+                raise CampaignError(
+                    f"{campaign.source.display_name}: the campaign's inputs changed after {touched} destinations were "
+                    "sent (or may have been)",
+                    exit_code=ExitCode.REFUSED,
+                    hint="pass --allow-changes to send only to recipients not already accepted, or give the "
+                    "campaign a new id",
+                )
+            done = ledger.accepted_msisdns(campaign.id)
+            if not resend_uncertain:
+                done |= ledger.msisdns_with_status(campaign.id, "uncertain")
+                done |= ledger.msisdns_with_status(campaign.id, "in-flight")
+            skip = done.__contains__
+    ledger.set_campaign_hash(campaign.id, new_hash)
+    return Compiler(campaign, api, skip=skip)
