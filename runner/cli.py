@@ -9,6 +9,7 @@ anything printed here.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -61,6 +62,10 @@ def error_handler(show_traceback: bool = False) -> Iterator[None]:
             int(ExitCode.INTERNAL),
             None if show_traceback else "rerun with --traceback and report it",
         )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def now_utc() -> datetime:
@@ -185,6 +190,8 @@ def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, re
                           interactive=sys.stdin.isatty() and sys.stderr.isatty(),
                           confirm=lambda question: click.confirm(question, default=False, err=True),
                           environ=dict(os.environ))
+        # A cancelled pipeline sends SIGTERM: stop like Ctrl-C, recording answers on the wire.
+        signal.signal(signal.SIGTERM, _interrupt)
         sys.exit(run_apply(settings, now=now_utc(), console=console))
 
 
