@@ -1,0 +1,79 @@
+"""Receipts end to end: the sandbox posts deliveryInfoNotification webhooks to a real
+receipts server on loopback, which records them in a real ledger file."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from runner.commands import ApplySettings, Console, StatusSettings, run_apply, run_status
+from runner.errors import ExitCode
+from runner.ledger import Ledger
+from runner.receipts import ReceiptServer, parse_receipts
+from runner.sandbox import Sandbox, SandboxSettings
+
+from .helpers import NOW, number, write_campaign
+
+
+def _console() -> Console:
+    return Console(out=io.StringIO(), err=io.StringIO(), interactive=False, confirm=lambda q: False,
+                   environ={"WEBEX_CONNECT_SERVICE_KEY": "receipts-test-key"})
+
+
+def test_sandbox_receipts_reach_the_ledger_through_the_listener(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    Ledger.open(state).close()
+    with Ledger.open(state) as listener_ledger:
+        server = ReceiptServer(listener_ledger)
+        url = server.start()
+        try:
+            campaign = write_campaign(tmp_path, {
+                "content": {"text": "Hi {{ name }}"},
+                "recipients": [{"msisdn": number(i), "substitutions": {"name": f"n{i}"}} for i in range(1, 4)],
+                "requestedReceipts": ["DELIVERED"],
+                "notifyUrl": url + "wxc",
+            })
+            with Sandbox(SandboxSettings()) as sandbox:
+                code = run_apply(ApplySettings(file=campaign, state=state, yes=True, base_url=sandbox.url),
+                                 now=NOW, console=_console())
+                assert code is ExitCode.OK
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and sandbox.stats().get("receipts_posted", 0) < 3:
+                    time.sleep(0.05)
+                assert sandbox.stats()["receipts_posted"] == 3
+        finally:
+            server.stop()
+    with Ledger.open(state) as ledger:
+        summary = ledger.summary("test-campaign")
+    assert dict(summary.receipts) == {"Delivered": 3}
+    out = io.StringIO()
+    assert run_status(StatusSettings(campaign, state, "json"), now=NOW, out=out) is ExitCode.OK
+    assert json.loads(out.getvalue())["receipts"] == {"Delivered": 3}
+
+
+def test_listener_rejects_what_is_not_a_receipt_and_counts_unmatched(tmp_path: Path) -> None:
+    with Ledger.open(tmp_path / "s.db") as ledger:
+        server = ReceiptServer(ledger)
+        url = server.start()
+        try:
+            bad = httpx.post(url, content=b"not json")
+            assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
+            shape = httpx.post(url, json={"hello": 1})
+            assert shape.status_code == 400
+            unknown = {"deliveryInfoNotification": {"deliveryInfo": {"deliveryStatus": "Delivered",
+                                                                     "destination": "447911000001"},
+                                                    "transid": "nope", "correlationid": "nobody"}}
+            answer = httpx.post(url, json=unknown)
+            assert answer.status_code == 200 and answer.json() == {"matched": 0, "unmatched": 1}
+        finally:
+            server.stop()
+
+
+def test_parse_receipts_accepts_one_or_a_list() -> None:
+    one = {"deliveryInfoNotification": {"deliveryInfo": {"deliveryStatus": "Delivered"}, "correlationid": "a"}}
+    assert parse_receipts(json.dumps(one).encode()) == [one]
+    assert parse_receipts(json.dumps([one, one]).encode()) == [one, one]
