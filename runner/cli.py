@@ -71,7 +71,11 @@ def _interrupt(signum: int, frame: object) -> None:
 def now_utc() -> datetime:
     override = os.environ.get("CAMPAIGN_NOW")  # lets tests and rehearsals pin the clock
     if override:
-        moment = datetime.fromisoformat(override)
+        try:
+            moment = datetime.fromisoformat(override)
+        except ValueError:
+            raise CampaignError(f"CAMPAIGN_NOW={override!r} is not an ISO 8601 date-time", exit_code=ExitCode.USAGE,
+                                hint="e.g. CAMPAIGN_NOW=2026-11-23T12:00:00Z, or unset it") from None
         return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     return datetime.now(timezone.utc)
 
@@ -113,9 +117,9 @@ def _handler() -> Any:
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def validate(paths: tuple[Path, ...], output_format: str, strict: bool) -> None:
     """Check campaign files (or folders of them). Exit 0 valid, 1 errors, 2 usage."""
-    from .commands import ValidateSettings, run_validate
-
     with _handler():
+        from .commands import ValidateSettings, run_validate
+
         sys.exit(run_validate(ValidateSettings(paths, output_format, strict), now=now_utc(), out=_stdout()))
 
 
@@ -131,9 +135,9 @@ API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2"
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def plan(file: Path, api: str, show_all: bool, output_format: str, strict: bool) -> None:
     """Dry run: every rendered message, its encoding and segments, and the totals."""
-    from .commands import PlanSettings, run_plan
-
     with _handler():
+        from .commands import PlanSettings, run_plan
+
         settings = PlanSettings(file, "v1" if api == "v1" else "v2", show_all, output_format, strict)
         sys.exit(run_plan(settings, now=now_utc(), out=_stdout()))
 
@@ -145,9 +149,9 @@ def plan(file: Path, api: str, show_all: bool, output_format: str, strict: bool)
 @API_OPTION
 def compile_command(file: Path, output: Path | None, api: str) -> None:
     """Write the exact request bodies, one JSON object per line."""
-    from .commands import CompileSettings, run_compile
-
     with _handler():
+        from .commands import CompileSettings, run_compile
+
         settings = CompileSettings(file, output, "v1" if api == "v1" else "v2")
         sys.exit(run_compile(settings, now=now_utc(), out=_stdout()))
 
@@ -179,9 +183,9 @@ def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, re
           base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool, max_in_flight: int,
           timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
     """Send a campaign exactly once. Exit 0 all accepted, 3 some failed/uncertain, 4 refused."""
-    from .commands import ApplySettings, Console, run_apply
-
     with _handler():
+        from .commands import ApplySettings, Console, run_apply
+
         settings = ApplySettings(file=file, state=state, api="v1" if api == "v1" else "v2", yes=yes, quiet=quiet,
                                  verbose=verbose, resend_uncertain=resend_uncertain, allow_changes=allow_changes,
                                  send_now=send_now, sandbox=sandbox, base_url=base_url, region=region,
@@ -202,9 +206,9 @@ def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, re
 @format_option(("text", "json"))
 def status(file: Path, state: Path, output_format: str) -> None:
     """What the ledger knows: batches and destinations by status, failures by code, receipts."""
-    from .commands import StatusSettings, run_status
-
     with _handler():
+        from .commands import StatusSettings, run_status
+
         sys.exit(run_status(StatusSettings(file, state, output_format), now=now_utc(), out=_stdout()))
 
 
@@ -218,9 +222,9 @@ def status(file: Path, state: Path, output_format: str) -> None:
 @click.option("--seed", type=int, default=None, help="Makes fail/drop choices reproducible.")
 def sandbox(port: int, tps: int | None, latency: float, fail_rate: float, drop_rate: float, seed: int | None) -> None:
     """Run a local stand-in for the Webex Connect API on 127.0.0.1 (Ctrl-C stops it)."""
-    from .sandbox import SandboxSettings, serve
-
     with _handler():
+        from .sandbox import SandboxSettings, serve
+
         settings = SandboxSettings(port=port, tps=tps, latency=latency, fail_rate=fail_rate, drop_rate=drop_rate,
                                    seed=seed)
         serve(settings, ready=lambda url: click.echo(f"sandbox listening on {url} (POST /v2/messages, "
@@ -239,18 +243,18 @@ def receipts() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 def listen(state: Path, host: str, port: int) -> None:
     """Receive deliveryInfoNotification webhooks and record them in the ledger."""
-    from .receipts import listen as serve_receipts
-
     with _handler():
+        from .receipts import listen as serve_receipts
+
         serve_receipts(state, host, port, ready=lambda url: click.echo(f"receipts listening on {url}", err=True))
 
 
 @cli.command()
 def schema() -> None:
     """Print the campaign JSON Schema (for editors and other tools)."""
-    from .validate import schema_text
-
     with _handler():
+        from .validate import schema_text
+
         click.echo(schema_text(), nl=False)
 
 

@@ -79,6 +79,9 @@ def run_compile(settings: CompileSettings, *, now: datetime, out: TextIO) -> Exi
             for batch in compiler.iter_batches():
                 sink.write(body_line(batch) + "\n")
         partial.replace(settings.output)
+    except OSError as error:
+        raise CampaignError(f"cannot write {settings.output}: {error.strerror or error}", exit_code=ExitCode.USAGE,
+                            hint="-o must name a file in an existing, writable folder") from None
     finally:
         partial.unlink(missing_ok=True)
     return ExitCode.OK

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import segments, vendor
 from .errors import CampaignError
-from .model import Api, Batch, Campaign, Destination, Encoding, Message, Recipient, Scalar, SegmentCount
+from .model import Api, Batch, Campaign, Destination, Encoding, Location, Message, Recipient, Scalar, SegmentCount
 from .recipients import RecipientStats, iter_recipients
 from .render import CompiledText, Renderer, compile_text
 
@@ -76,6 +76,13 @@ class Compiled:
     own_values: Mapping[str, Scalar]
 
 
+# What batching needs of one message, as a plain tuple: `compile` builds a million of
+# them, and a tuple costs a fraction of a `Compiled` + `Message` pair.
+# (msisdn, correlation id, text, count, own values, origin)
+_Item = tuple[str, str, str, SegmentCount, Mapping[str, Scalar], Location]
+_ENCODING_NAMES = {encoding: encoding.value for encoding in Encoding}
+
+
 class Compiler:
     """Streams a campaign into `Message`s and `Batch`es."""
 
@@ -90,44 +97,74 @@ class Compiler:
         self.size = 1 if api == "v1" else batch_size(campaign)
         if api == "v1":
             refuse_v1(campaign)
+        self._wanted = campaign.content.type if campaign.content is not None else "auto"
+        # Platform strategy with a plain content text: values are looked up per variable
+        # instead of merging every layer into a dict for each recipient.
+        self._plain = (self.renderer if self.renderer is not None and self.text is not None
+                       and self.text.is_plain and campaign.template is None else None)
+        self._sorted_variables = tuple(sorted(self.text.variables)) if self.text is not None else ()
 
     # --- messages ---------------------------------------------------------------
 
     def iter_compiled(self) -> Iterator[Compiled]:
-        for recipient in iter_recipients(self.campaign, self.stats.recipients):
-            if self.skip is not None and self.skip(recipient.msisdn):
-                continue
-            yield self._compile_one(recipient)
+        for msisdn, correlation_id, text, count, own_values, origin in self._iter_items():
+            yield Compiled(Message(msisdn, correlation_id, text, count, origin), own_values)
 
     def iter_messages(self) -> Iterator[Message]:
         for compiled in self.iter_compiled():
             yield compiled.message
 
+    def _iter_items(self) -> Iterator[_Item]:
+        skip = self.skip
+        compile_item = self._compile_item
+        for recipient in iter_recipients(self.campaign, self.stats.recipients):
+            if skip is not None and skip(recipient.msisdn):
+                continue
+            yield compile_item(recipient)
+
     def _compile_one(self, recipient: Recipient) -> Compiled:
-        correlation_id = recipient.correlation_id or generated_correlation_id(self.campaign.id, recipient.msisdn)
-        if self.renderer is not None:
+        msisdn, correlation_id, text, count, own_values, origin = self._compile_item(recipient)
+        return Compiled(Message(msisdn, correlation_id, text, count, origin), own_values)
+
+    def _compile_item(self, recipient: Recipient) -> _Item:
+        msisdn = recipient.msisdn
+        correlation_id = recipient.correlation_id or generated_correlation_id(self.campaign.id, msisdn)
+        own_values: Mapping[str, Scalar] | None = None
+        plain = self._plain
+        values = plain.plain_values(recipient, correlation_id) if plain is not None else None
+        if plain is not None and values is not None:
+            text = plain.format_plain(values)
+            base = plain.campaign_layer
+            own_values = {name: values[name] for name in self._sorted_variables
+                          if name not in base or base[name] != values[name]}
+        elif self.renderer is not None:
             text = self.renderer.render(recipient, correlation_id)
         else:
             text = ""
         count = self._count(text, recipient)
         if len(text) > vendor.MAX_TEXT_CHARS:
             raise CampaignError(
-                f"{recipient.origin}: error: message for {recipient.msisdn} is {len(text)} characters after rendering; "
+                f"{recipient.origin}: error: message for {msisdn} is {len(text)} characters after rendering; "
                 f"the API takes at most {vendor.MAX_TEXT_CHARS} [text-length]"
             )
-        self.stats.messages += 1
-        self.stats.segments += count.segments
-        name = count.encoding.value
-        self.stats.by_encoding[name] = self.stats.by_encoding.get(name, 0) + 1
-        message = Message(recipient.msisdn, correlation_id, text, count, recipient.origin)
-        return Compiled(message, self._own_values(recipient, correlation_id))
+        stats = self.stats
+        stats.messages += 1
+        stats.segments += count.segments
+        name = _ENCODING_NAMES[count.encoding]
+        stats.by_encoding[name] = stats.by_encoding.get(name, 0) + 1
+        if own_values is None:
+            own_values = self._own_values(recipient, correlation_id)
+        return msisdn, correlation_id, text, count, own_values, recipient.origin
 
     def _count(self, text: str, recipient: Recipient) -> SegmentCount:
-        wanted = self.campaign.content.type if self.campaign.content is not None else "auto"
+        wanted = self._wanted
         if wanted == "unicode":
             return segments.count(text, Encoding.UCS2)
-        if segments.is_gsm7(text):
-            return segments.count(text, Encoding.GSM7)
+        # Without an encoding, `count` gives GSM-7 exactly when the text is GSM-7 (the
+        # count `Encoding.GSM7` would give), else the UCS-2 count.
+        counted = segments.count(text)
+        if counted.encoding is Encoding.GSM7:
+            return counted
         offenders = segments.non_gsm7(text)
         if wanted == "text":
             index, char = offenders[0]
@@ -143,7 +180,7 @@ class Compiler:
                                                 segments.gsm7_replacement(char))
             else:
                 self.stats.ucs2_causes[char] = (seen[0] + 1, seen[1], seen[2])
-        return segments.count(text, Encoding.UCS2)
+        return counted
 
     def _char_origin(self, char: str, recipient: Recipient) -> str:
         """Where a character came from: the template text, or the value of one variable."""
@@ -180,14 +217,18 @@ class Compiler:
     # --- batches ----------------------------------------------------------------
 
     def iter_batches(self, compiled: Iterable[Compiled] | None = None) -> Iterator[Batch]:
-        stream = self.iter_compiled() if compiled is None else compiled
-        groups: dict[tuple[str, str], list[Compiled]] = {}
+        stream = self._iter_items() if compiled is None else _items_of(compiled)
+        platform = self.platform
+        size = self.size
+        groups: dict[tuple[Encoding, str], list[_Item]] = {}
         index = 0
         for item in stream:
-            group_key = (item.message.count.encoding.value, "" if self.platform else item.message.text)
-            members = groups.setdefault(group_key, [])
+            group_key = (item[3].encoding, "" if platform else item[2])
+            members = groups.get(group_key)
+            if members is None:
+                members = groups[group_key] = []
             members.append(item)
-            if len(members) >= self.size:
+            if len(members) >= size:
                 del groups[group_key]
                 yield self._batch(index, members)
                 index += 1
@@ -199,7 +240,7 @@ class Compiler:
             yield self._batch(index, members)
             index += 1
 
-    def _batch(self, index: int, members: list[Compiled]) -> Batch:
+    def _batch(self, index: int, members: list[_Item]) -> Batch:
         body = self._v1_body(members[0]) if self.api == "v1" else self._v2_body(members)
         self.stats.requests += 1
         key_source = json.dumps([self.campaign.id, self.api, body], sort_keys=True, ensure_ascii=False)
@@ -209,35 +250,34 @@ class Compiler:
             index=index,
             api=self.api,
             body=body,
-            destinations=tuple(Destination(m.message.msisdn, m.message.correlation_id) for m in members),
+            destinations=tuple([Destination(item[0], item[1]) for item in members]),
         )
 
     def _content_type(self, encoding: Encoding) -> str:
         return "unicode" if encoding is Encoding.UCS2 else "text"
 
-    def _v2_body(self, members: list[Compiled]) -> dict[str, Any]:
+    def _v2_body(self, members: list[_Item]) -> dict[str, Any]:
         c = self.campaign
-        first = members[0].message
-        body: dict[str, Any] = {"channel": "sms", "from": c.sender, "to": []}
-        for item in members:
-            entry: dict[str, Any] = {"msisdn": [item.message.msisdn]}
-            if item.own_values:
-                entry["substitutions"] = dict(item.own_values)
-            entry["correlationId"] = item.message.correlation_id
-            body["to"].append(entry)
+        first_text, first_count = members[0][2], members[0][3]
+        # Own values are a fresh dict per item (`_compile_item`, `_items_of`), so the
+        # body can hold them without another copy.
+        to = [{"msisdn": [msisdn], "substitutions": own, "correlationId": correlation_id} if own
+              else {"msisdn": [msisdn], "correlationId": correlation_id}
+              for msisdn, correlation_id, _, _, own, _ in members]
+        body: dict[str, Any] = {"channel": "sms", "from": c.sender, "to": to}
         if c.template is not None:
             body["template"] = {"id": c.template.id}
             if c.substitutions:
                 body["substitutions"] = dict(c.substitutions)
         elif self.platform:
             assert self.text is not None and self.renderer is not None
-            body["content"] = {"type": self._content_type(first.count.encoding), "text": self.text.wire_text()}
+            body["content"] = {"type": self._content_type(first_count.encoding), "text": self.text.wire_text()}
             shared = {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables)
                       if n in self.renderer.campaign_layer}
             if shared:
                 body["substitutions"] = shared
         else:
-            body["content"] = {"type": self._content_type(first.count.encoding), "text": first.text}
+            body["content"] = {"type": self._content_type(first_count.encoding), "text": first_text}
         body.update(self._v2_extras())
         return body
 
@@ -274,22 +314,22 @@ class Compiler:
             ]
         return extras
 
-    def _v1_body(self, item: Compiled) -> dict[str, Any]:
+    def _v1_body(self, item: _Item) -> dict[str, Any]:
         c = self.campaign
-        message = item.message
-        body: dict[str, Any] = {"from": c.sender, "to": message.msisdn}
+        msisdn, correlation_id, text, count, own_values, _ = item
+        body: dict[str, Any] = {"from": c.sender, "to": msisdn}
         if self.platform:
             assert self.text is not None and self.renderer is not None
             body["content"] = self.text.wire_text()
             values = {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables)
                       if n in self.renderer.campaign_layer}
-            values.update(item.own_values)
+            values.update(own_values)
             if values:
                 body["substitutions"] = values
         else:
-            body["content"] = message.text
-        body["contentType"] = self._content_type(message.count.encoding)
-        body["correlationId"] = message.correlation_id
+            body["content"] = text
+        body["contentType"] = self._content_type(count.encoding)
+        body["correlationId"] = correlation_id
         if c.notify_url is not None:
             body["callbackUrl"] = c.notify_url
         if c.notify_url_auth_id is not None:
@@ -303,6 +343,14 @@ class Compiler:
             body["shortUrlDomain"] = c.options.domain
             body["trackShortUrlClicks"] = c.options.track_clicks
         return body
+
+
+def _items_of(compiled: Iterable[Compiled]) -> Iterator[_Item]:
+    """A caller's `Compiled` stream as batching items; own values are copied, so a body
+    never shares a mapping with the caller."""
+    for item in compiled:
+        m = item.message
+        yield m.msisdn, m.correlation_id, m.text, m.count, dict(item.own_values), m.origin
 
 
 def _options_body(campaign: Campaign) -> dict[str, Any]:
@@ -336,13 +384,12 @@ def refuse_v1(campaign: Campaign) -> None:
         unsupported["options.tag1"] = options.tag1 is not None
         unsupported["options.tag2"] = options.tag2 is not None
         unsupported["options.allowFallbackURL"] = options.allow_fallback_url is not None
-    for name, present in unsupported.items():
-        if present:
-            location = source.locate(tuple(name.split(".")), key=True)
-            raise CampaignError(
-                f"{location}: error: SMS API v1 cannot express '{name}' [v1-unsupported]",
-                hint="send with --api v2 (the default), or remove the field for a v1 tenant",
-            )
+    located = sorted((source.locate(tuple(name.split(".")), key=True), name)
+                     for name, present in unsupported.items() if present)
+    if located:
+        raise CampaignError("\n".join(f"{where}: error: SMS API v1 cannot express '{name}' [v1-unsupported]"
+                                      for where, name in located),
+                            hint="send with --api v2 (the default), or remove these fields for a v1 tenant")
 
 
 def _replacement_hint(char: str) -> str:

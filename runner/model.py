@@ -52,7 +52,9 @@ class Diagnostic:
 
     def __str__(self) -> str:
         text = f"{self.location}: {self.severity.value}: {self.message} [{self.rule}]"
-        return f"{text} (hint: {self.hint})" if self.hint else text
+        text = f"{text} (hint: {self.hint})" if self.hint else text
+        # One problem, one line: values quoted in a message may hold line breaks.
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(frozen=True)

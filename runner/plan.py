@@ -15,6 +15,7 @@ from .compile import Compiler, vendor_timestamp
 from .model import Api, Campaign, Diagnostic, Location, Message, Severity
 
 DEFAULT_SHOWN = 10
+MAX_CHARACTER_WARNINGS = 10
 
 
 @dataclass(frozen=True)
@@ -138,16 +139,24 @@ def _expiry(campaign: Campaign) -> datetime | None:
 
 
 def _encoding_warnings(compiler: Compiler) -> list[Diagnostic]:
-    """Say which characters made messages UCS-2, and the GSM-7 stand-in when one exists."""
+    """Say which characters made messages UCS-2, and the GSM-7 stand-in when one exists.
+
+    The most frequent characters are named one by one; the long tail of an audience
+    in another script is summed up in one line, so a plan stays readable.
+    """
+    campaign = compiler.campaign
+    location = campaign.content.location if campaign.content else Location(campaign.source.display_name)
+    causes = sorted(compiler.stats.ucs2_causes.items(), key=lambda item: (-item[1][0], item[0]))
     found = []
-    for char, (occurrences, where, fix) in sorted(compiler.stats.ucs2_causes.items()):
+    for char, (occurrences, where, fix) in causes[:MAX_CHARACTER_WARNINGS]:
         counted = "1 message uses" if occurrences == 1 else f"{occurrences} messages use"
-        message = (f"{counted} UCS-2 because of {char!r} "
-                   f"(U+{ord(char):04X}), first at {where}")
+        message = f"{counted} UCS-2 because of {char!r} (U+{ord(char):04X}), first at {where}"
         hint = f"replace it with {fix!r} to stay in GSM-7 (about half the segments)" if fix else None
-        location = compiler.campaign.content.location if compiler.campaign.content else Location(
-            compiler.campaign.source.display_name)
         found.append(Diagnostic(location, Severity.WARNING, message, "ucs2-character", hint))
+    rest = causes[MAX_CHARACTER_WARNINGS:]
+    if rest:
+        found.append(Diagnostic(location, Severity.WARNING, f"{len(rest)} more characters force UCS-2 "
+                                f"({sum(count for _, (count, _, _) in rest)} occurrences)", "ucs2-character"))
     return found
 
 

@@ -36,6 +36,7 @@ from runner.model import (
 )
 
 CORRELATION_FIELD = "correlationId"
+ROW_RULE = "recipient-row"  # the rule id of every located recipient-file error
 
 # Bytes read by `check_source_readable`: enough for any sane header row, small enough
 # that `campaign validate` stays instant on a multi-gigabyte file.
@@ -131,15 +132,28 @@ def _clean(raw: str) -> str | None:
     return text
 
 
+# The first three digits decide the calling code (`_calling_code` looks at no more), so
+# its length and length table are cached per three-digit prefix: one dict lookup a number.
+_PREFIXES: dict[str, tuple[int, dict[int, re.Pattern[str]]] | None] = {}
+
+
+def _prefix_entry(prefix: str) -> tuple[int, dict[int, re.Pattern[str]]] | None:
+    code = _calling_code(prefix)
+    entry = None if code is None else (len(code), _length_table(code))
+    _PREFIXES[prefix] = entry
+    return entry
+
+
 def _fast_is_valid(e164: str) -> bool:
     """The metadata check on a `+digits` string, without the slow confirmation."""
     digits = e164[1:]
-    code = _calling_code(digits)
-    if code is None:
+    prefix = digits[:3]
+    entry = _PREFIXES[prefix] if prefix in _PREFIXES else _prefix_entry(prefix)
+    if entry is None:
         return False
-    national = digits[len(code) :]
-    pattern = (_LENGTH_TABLES.get(code) or _length_table(code)).get(len(national))
-    return pattern is not None and pattern.fullmatch(national) is not None
+    code_length, table = entry
+    pattern = table.get(len(digits) - code_length)
+    return pattern is not None and pattern.fullmatch(digits[code_length:]) is not None
 
 
 def _slow_e164(e164: str) -> str | None:
@@ -208,7 +222,7 @@ def _e164_or_raise(raw: str, location: Location) -> str:
 
 
 def _error(location: Location, message: str) -> CampaignError:
-    return CampaignError(f"{location}: {message}", exit_code=ExitCode.INVALID)
+    return CampaignError(f"{location}: error: {message} [{ROW_RULE}]", exit_code=ExitCode.INVALID)
 
 
 def _open_problem(exc: OSError) -> str:
@@ -287,30 +301,30 @@ def _csv_rows(source: RecipientFile, numbers_only: bool) -> Iterator[_Row]:
             correlation_at = names.index(CORRELATION_FIELD) if CORRELATION_FIELD in names else -1
             others = [(n, i) for i, n in enumerate(names) if i not in (number_at, correlation_at)]
             previous = reader.line_num
-            while True:
-                try:
-                    cells = next(reader, None)
-                except csv.Error as exc:
-                    raise _error(Location(name, previous + 1), f"malformed CSV: {exc}") from exc
-                if cells is None:
-                    return
-                line = previous + 1  # where the row starts, even if a quoted cell spans lines
-                previous = reader.line_num
-                if not cells:  # a blank line is not a row
-                    continue
-                if len(cells) != width:
-                    raise _error(
-                        Location(name, line),
-                        f"row has {len(cells)} cells but the header has {width}",
+            try:
+                # Only the reader raises csv.Error; nothing below it in the loop can.
+                for cells in reader:
+                    line = previous + 1  # where the row starts, even if a quoted cell spans lines
+                    previous = reader.line_num
+                    if not cells:  # a blank line is not a row
+                        continue
+                    if len(cells) != width:
+                        raise _error(
+                            Location(name, line),
+                            f"row has {len(cells)} cells but the header has {width}",
+                        )
+                    raw = cells[number_at]
+                    if not raw.strip():
+                        raise _error(Location(name, line), f"missing number in column {source.msisdn_field!r}")
+                    correlation = (cells[correlation_at] or None) if correlation_at >= 0 else None
+                    # An empty cell means "no value here", so the campaign's or source's value shows
+                    # through instead of a blank in the middle of someone's message.
+                    substitutions: dict[str, Scalar] = (
+                        {} if numbers_only else {n: cells[i] for n, i in others if cells[i]}
                     )
-                raw = cells[number_at]
-                if not raw.strip():
-                    raise _error(Location(name, line), f"missing number in column {source.msisdn_field!r}")
-                correlation = (cells[correlation_at] or None) if correlation_at >= 0 else None
-                # An empty cell means "no value here", so the campaign's or source's value shows
-                # through instead of a blank in the middle of someone's message.
-                substitutions: dict[str, Scalar] = {} if numbers_only else {n: cells[i] for n, i in others if cells[i]}
-                yield (line, raw, correlation, substitutions)
+                    yield (line, raw, correlation, substitutions)
+            except csv.Error as exc:
+                raise _error(Location(name, previous + 1), f"malformed CSV: {exc}") from exc
         except UnicodeDecodeError as exc:
             raise _decode_error(source, exc) from exc
 
@@ -448,9 +462,29 @@ def iter_recipients(campaign: Campaign, stats: RecipientStats | None = None) -> 
     excluded = load_excluded(campaign)
     seen: set[int] = set()
     for source in campaign.recipients:
-        for recipient in iter_source(source):
+        if isinstance(source, InlineRecipient):
+            for recipient in iter_source(source):
+                counts.total_rows += 1
+                key = int(recipient.msisdn[1:])
+                if key in excluded:
+                    counts.excluded += 1
+                elif key in seen:
+                    counts.duplicates += 1
+                else:
+                    seen.add(key)
+                    counts.accepted += 1
+                    yield recipient
+            continue
+        # `iter_source` inlined for files (the hot loop): a `Recipient` is built only for
+        # a number that is kept.
+        shared = source.substitutions
+        name = source.display_name
+        for line, raw, correlation_id, substitutions in _file_rows(source):
+            msisdn = normalise_msisdn(raw)
+            if msisdn is None:
+                raise _error(Location(name, line), invalid_reason(raw))
             counts.total_rows += 1
-            key = int(recipient.msisdn[1:])
+            key = int(msisdn[1:])
             if key in excluded:
                 counts.excluded += 1
             elif key in seen:
@@ -458,7 +492,7 @@ def iter_recipients(campaign: Campaign, stats: RecipientStats | None = None) -> 
             else:
                 seen.add(key)
                 counts.accepted += 1
-                yield recipient
+                yield Recipient(msisdn, substitutions, shared, correlation_id, Location(name, line))
 
 
 # --- validate ---------------------------------------------------------------------

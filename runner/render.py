@@ -118,6 +118,13 @@ class Renderer:
             f"{vendor.SMARTLINK_TOKEN_PREFIX}{sid}") for sid in text.smartlink_ids})
         self.campaign_layer.update(campaign.substitutions)
         self._template = None if text.is_plain else ENVIRONMENT.from_string(text.source)
+        # Plain texts: every name the text reads, and the text as a %-format (`%s` calls
+        # str(), like `_as_text`), so `plain_values` + `format_plain` render a recipient
+        # without building the merged dict of every layer.
+        parts = text.plain_parts or ()
+        self._plain_order = tuple(part.name for part in parts if isinstance(part, Variable))
+        self._plain_names = tuple(dict.fromkeys(self._plain_order))
+        self._plain_format = "".join(part.replace("%", "%%") if isinstance(part, str) else "%s" for part in parts)
 
     def values_for(self, recipient: Recipient, correlation_id: str) -> dict[str, Any]:
         values = dict(self.campaign_layer)
@@ -126,6 +133,32 @@ class Renderer:
         values.update(recipient.source_substitutions)
         values.update(recipient.substitutions)
         return values
+
+    def plain_values(self, recipient: Recipient, correlation_id: str) -> dict[str, Any] | None:
+        """`values_for` restricted to the names a plain text reads (same precedence), or
+        None when one is undefined: `render` then raises the error for it."""
+        own = recipient.substitutions
+        shared = recipient.source_substitutions
+        base = self.campaign_layer
+        values: dict[str, Any] = {}
+        for name in self._plain_names:
+            if name in own:
+                values[name] = own[name]
+            elif name in shared:
+                values[name] = shared[name]
+            elif name == "correlation_id":
+                values[name] = correlation_id
+            elif name == "msisdn":
+                values[name] = recipient.msisdn
+            elif name in base:
+                values[name] = base[name]
+            else:
+                return None
+        return values
+
+    def format_plain(self, values: Mapping[str, Any]) -> str:
+        """A plain text rendered from `plain_values`: the same text `render` returns."""
+        return self._plain_format % tuple([values[name] for name in self._plain_order])
 
     def render(self, recipient: Recipient, correlation_id: str) -> str:
         values = self.values_for(recipient, correlation_id)

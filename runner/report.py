@@ -215,7 +215,8 @@ class MarkdownReporter(Reporter):
             self.write("| location | severity | rule | message |")
             self.write("|---|---|---|---|")
             for d in result.diagnostics:
-                self.write(f"| `{d.location}` | {d.severity.value} | `{d.rule}` | {_md_cell(d.message)} |")
+                self.write(f"| `{_md_cell(str(d.location))}` | {d.severity.value} | `{d.rule}` | "
+                           f"{_md_cell(d.message)} |")
 
     def plan(self, plan: Plan, *, show_all: bool) -> None:
         s = plan.summary
@@ -223,8 +224,10 @@ class MarkdownReporter(Reporter):
         lines += [f"| {name} | {_md_cell(value)} |" for name, value in _summary_rows(plan)]
         if plan.warnings:
             lines += ["", f"**{len(plan.warnings)} warning{'s' * (len(plan.warnings) != 1)}**", ""]
-            lines += [f"- `{w.location}` {_md_cell(w.message)}" + (f" — {_md_cell(w.hint)}" if w.hint else "")
-                      for w in plan.warnings]
+            lines += [f"- `{_md_cell(str(w.location))}` {_md_cell(w.message)}"
+                      + (f" — {_md_cell(w.hint)}" if w.hint else "") for w in plan.warnings[:MARKDOWN_WARNINGS]]
+            if len(plan.warnings) > MARKDOWN_WARNINGS:
+                lines.append(f"- … {len(plan.warnings) - MARKDOWN_WARNINGS} more (run `campaign plan` for all)")
         lines += ["", f"<details><summary>Messages ({len(plan.messages)} of {s.messages} shown)</summary>", "",
                   "| # | msisdn | correlationId | encoding | segments | text |", "|---|---|---|---|---|---|"]
         budget = MARKDOWN_BUDGET - sum(len(line) + 1 for line in lines)
@@ -240,11 +243,13 @@ class MarkdownReporter(Reporter):
         self.write("\n".join(lines))
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _md_cell(text: str, limit: int = 500) -> str:
+    flat = text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 MARKDOWN_BUDGET = 60_000  # GitHub comments stop at 65,536 characters
+MARKDOWN_WARNINGS = 20
 
 
 def _console(out: TextIO) -> Console:
@@ -279,11 +284,11 @@ def _summary_rows(plan: Plan) -> list[tuple[str, str]]:
 
 
 def _summary_table(plan: Plan) -> Table:
-    table = Table(title=f"Plan for {plan.summary.campaign_id}", show_header=False, box=None)
+    table = Table(title=Text(f"Plan for {plan.summary.campaign_id}"), show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
     for name, value in _summary_rows(plan):
-        table.add_row(name, value)
+        table.add_row(name, Text(value))
     return table
 
 
@@ -293,7 +298,7 @@ def _messages_table(plan: Plan) -> Table:
         table.add_column(name, overflow="fold")
     for number, m in enumerate(plan.messages, 1):
         segments = "?" if plan.summary.segments is None else str(m.count.segments)
-        table.add_row(str(number), m.msisdn, m.correlation_id, m.count.encoding.value, segments,
+        table.add_row(str(number), Text(m.msisdn), Text(m.correlation_id), m.count.encoding.value, segments,
                       Text(m.text))
     return table
 

@@ -105,6 +105,12 @@ def inline(msisdn: str, line: int = 20, **subs: Scalar) -> InlineRecipient:
     return InlineRecipient(msisdn=msisdn, substitutions=subs, correlation_id=None, location=Location(YAML, line, 9))
 
 
+def as_error(message: str) -> str:
+    """`file:row: text` in the project's located-error form."""
+    location, _, text = message.partition(": ")
+    return f"{location}: error: {text} [recipient-row]"
+
+
 def error_of(source: RecipientSource) -> CampaignError:
     with pytest.raises(CampaignError) as info:
         list(iter_source(source))
@@ -159,7 +165,7 @@ def test_quoted_multiline_cells_keep_row_numbers(tmp_path: Path) -> None:
             got.append(recipient)
     assert [r.origin.line for r in got] == [2, 4, 6]
     assert got[0].substitutions == {"note": "line one\nline two"}
-    assert str(info.value) == "r.csv:9: '+4479' is not a valid E.164 number: too short for country code +44 (GB, GG, IM, JE)"
+    assert str(info.value) == as_error("r.csv:9: '+4479' is not a valid E.164 number: too short for country code +44 (GB, GG, IM, JE)")
 
 
 # --- JSON Lines ---------------------------------------------------------------------
@@ -401,7 +407,7 @@ def test_stats_argument_is_optional(tmp_path: Path) -> None:
 )
 def test_csv_errors(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, "r.csv", text)
-    assert str(error_of(file_source(path))) == message
+    assert str(error_of(file_source(path))) == as_error(message)
 
 
 @pytest.mark.parametrize(
@@ -422,7 +428,7 @@ def test_csv_errors(tmp_path: Path, text: str, message: str) -> None:
 )
 def test_jsonl_errors(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, "r.jsonl", text)
-    assert str(error_of(file_source(path, "jsonl"))) == message
+    assert str(error_of(file_source(path, "jsonl"))) == as_error(message)
 
 
 @pytest.mark.parametrize(("fmt", "name"), [("csv", "r.csv"), ("jsonl", "r.jsonl")])
@@ -435,34 +441,34 @@ def test_non_utf8_points_at_the_row(tmp_path: Path, fmt: Literal["csv", "jsonl"]
     path.write_bytes(b"".join(rows))
     bad_line = len(rows)
     column = 18 if fmt == "csv" else 38
-    assert str(error_of(file_source(path, fmt))) == (
+    assert str(error_of(file_source(path, fmt))) == as_error(
         f"{name}:{bad_line}: not valid UTF-8 (byte 0xe9 at column {column}): save the file as UTF-8"
     )
 
 
 def test_missing_file_points_at_the_campaign_line(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.csv"
-    assert str(error_of(file_source(path, line=14))) == (
+    assert str(error_of(file_source(path, line=14))) == as_error(
         f"campaign.yaml:14:7: cannot read csv file nowhere.csv ({path}): file not found"
     )
-    assert str(error_of(file_source(tmp_path, line=15))) == (
+    assert str(error_of(file_source(tmp_path, line=15))) == as_error(
         f"campaign.yaml:15:7: cannot read csv file {tmp_path.name} ({tmp_path}): it is a directory"
     )
 
 
 def test_invalid_inline_and_excluded_numbers(tmp_path: Path) -> None:
-    assert str(error_of(inline("07400123456", line=21))) == (
+    assert str(error_of(inline("07400123456", line=21))) == as_error(
         "campaign.yaml:21:9: '07400123456' is not a valid E.164 number: missing country code: write it as +<country><number>"
     )
     optout = write(tmp_path, "optout.csv", "msisdn\n+447400123456\n\n+4479\n")
     campaign = make_campaign(tmp_path, recipients=[inline("+33612345678")], exclude=[file_source(optout)])
     with pytest.raises(CampaignError) as info:
         list(iter_recipients(campaign))
-    assert str(info.value) == "optout.csv:4: '+4479' is not a valid E.164 number: too short for country code +44 (GB, GG, IM, JE)"
+    assert str(info.value) == as_error("optout.csv:4: '+4479' is not a valid E.164 number: too short for country code +44 (GB, GG, IM, JE)")
     campaign = make_campaign(tmp_path, exclude=[ExcludedNumber("+4479", Location(YAML, 41, 5))])
     with pytest.raises(CampaignError) as info:
         load_excluded(campaign)
-    assert str(info.value) == "campaign.yaml:41:5: '+4479' is not a valid E.164 number: too short for country code +44 (GB, GG, IM, JE)"
+    assert str(info.value) == as_error("campaign.yaml:41:5: '+4479' is not a valid E.164 number: too short for country code +44 (GB, GG, IM, JE)")
 
 
 # --- check_source_readable ------------------------------------------------------------
