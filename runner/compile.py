@@ -254,7 +254,8 @@ class Compiler:
         )
 
     def _content_type(self, encoding: Encoding) -> str:
-        return "unicode" if encoding is Encoding.UCS2 else "text"
+        text_type, unicode_type = vendor.CONTENT_TYPES
+        return unicode_type if encoding is Encoding.UCS2 else text_type
 
     def _v2_body(self, members: list[_Item]) -> dict[str, Any]:
         c = self.campaign

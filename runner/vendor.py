@@ -7,6 +7,7 @@ confirms (or changes) something, one line changes. Facts marked UNCONFIRMED in
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # --- hosts and paths (fact sheet §2) -------------------------------------------------
@@ -88,6 +89,30 @@ RETRYABLE_CODES: Final = frozenset({RATE_LIMIT_CODE, "7006"})
 # The vendor's documented success statuses: 201 (v2), 202 (v1). Any 2xx is accepted.
 V2_SUCCESS_STATUS: Final = 201
 V1_SUCCESS_STATUS: Final = 202
+
+# --- codes and wording, by name (fact sheet §3.3, §4; the seeds' samples) --------------
+
+INVALID_JSON: Final = "7000"
+AUTH_FAILED: Final = "7001"
+KEY_MISSING: Final = "7002"
+PARAM_MISSING: Final = "7003"
+PARAM_INVALID: Final = "7004"
+INTERNAL_ERROR: Final = "7006"
+TOO_MANY_DESTINATIONS: Final = "7009"
+JSON_TOO_LARGE: Final = "7022"
+INVALID_TEMPLATE: Final = "7108"
+RECEIPT_SUBMITTED: Final = "7501"
+RECEIPT_DELIVERED: Final = "7500"
+SMS_CHANNEL: Final = "sms"
+CONTENT_TYPES: Final = ("text", "unicode")
+V2_ACCEPTED_STATUS: Final = "queued"
+V1_AUTH_FAILED_MESSAGE: Final = "Authentication failed."  # the v1 page's wording, with the period
+INVALID_PARAMETER_MESSAGE: Final = "Invalid parameter - {name}"
+DESTINATION_LIMIT_MESSAGE: Final = "Max number of destination addresses limited to {limit}"
+JWT_ALGORITHM: Final = "HS256"  # the Service Secret is Base64 and is decoded before signing
+E164_PATTERN: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
+RECEIPT_CODES_BY_REQUEST: Final = {"SUBMITTED": RECEIPT_SUBMITTED, "SENT": RECEIPT_SUBMITTED,
+                                   "DELIVERED": RECEIPT_DELIVERED}
 
 
 def error_meaning(code: str | None) -> str:
