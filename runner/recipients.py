@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -458,6 +458,25 @@ def iter_recipients(campaign: Campaign, stats: RecipientStats | None = None) -> 
     An excluded number is counted as excluded every time it occurs and never as a
     duplicate, so `accepted + duplicates + excluded == total_rows` once consumed.
     """
+    for kept in iter_kept(campaign, stats):
+        yield kept if isinstance(kept, Recipient) else kept_recipient(kept)
+
+
+# A kept file row before it becomes a `Recipient`:
+# (msisdn, own values, source values, correlation id, file name, line).
+# Compile turns most rows straight into request entries; building a `Recipient` and
+# its `Location` for every row of a million-row file would cost more than the row.
+KeptRow = tuple[str, dict[str, Scalar], Mapping[str, Scalar], "str | None", str, int]
+
+
+def kept_recipient(row: KeptRow) -> Recipient:
+    """The `Recipient` that `iter_recipients` yields for a kept file row."""
+    msisdn, substitutions, shared, correlation_id, name, line = row
+    return Recipient(msisdn, substitutions, shared, correlation_id, Location(name, line))
+
+
+def iter_kept(campaign: Campaign, stats: RecipientStats | None = None) -> Iterator[Recipient | KeptRow]:
+    """`iter_recipients`, with file rows left as `KeptRow` tuples (see `kept_recipient`)."""
     counts = stats if stats is not None else RecipientStats()
     excluded = load_excluded(campaign)
     seen: set[int] = set()
@@ -475,8 +494,7 @@ def iter_recipients(campaign: Campaign, stats: RecipientStats | None = None) -> 
                     counts.accepted += 1
                     yield recipient
             continue
-        # `iter_source` inlined for files (the hot loop): a `Recipient` is built only for
-        # a number that is kept.
+        # `iter_source` inlined for files (the hot loop).
         shared = source.substitutions
         name = source.display_name
         for line, raw, correlation_id, substitutions in _file_rows(source):
@@ -492,13 +510,25 @@ def iter_recipients(campaign: Campaign, stats: RecipientStats | None = None) -> 
             else:
                 seen.add(key)
                 counts.accepted += 1
-                yield Recipient(msisdn, substitutions, shared, correlation_id, Location(name, line))
+                yield (msisdn, substitutions, shared, correlation_id, name, line)
 
 
 # --- validate ---------------------------------------------------------------------
 
 
 def check_source_readable(source: RecipientFile) -> str | None:
+    """The reason every row of this file would fail, or None; see `peek_source`."""
+    return peek_source(source)[0]
+
+
+def source_columns(source: RecipientFile) -> frozenset[str] | None:
+    """The substitution names a CSV file's header provides (None when not knowable:
+    JSON Lines rows may each carry different keys, or the file is unreadable)."""
+    problem, columns = peek_source(source)
+    return None if problem else columns
+
+
+def peek_source(source: RecipientFile) -> tuple[str | None, frozenset[str] | None]:
     """A cheap look at the start of a file for `campaign validate`: the mistakes that
     make every row fail (wrong path, wrong encoding, wrong column name) show up in the
     first few kilobytes, and validate must not read a whole audience to find them.
@@ -510,7 +540,7 @@ def check_source_readable(source: RecipientFile) -> str | None:
             head = handle.read(_PEEK_BYTES)
             complete = len(head) < _PEEK_BYTES
     except OSError as exc:
-        return f"cannot read {source.path}: {_open_problem(exc)}"
+        return f"cannot read {source.path}: {_open_problem(exc)}", None
     head = head.removeprefix(codecs.BOM_UTF8)
     # Cut at the last line break so a multi-byte character split by the read limit
     # is not reported as bad encoding.
@@ -520,20 +550,23 @@ def check_source_readable(source: RecipientFile) -> str | None:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = head.count(b"\n", 0, exc.start) + 1
-        return f"line {line}: not valid UTF-8 (byte 0x{head[exc.start]:02x}): save the file as UTF-8"
+        return f"line {line}: not valid UTF-8 (byte 0x{head[exc.start]:02x}): save the file as UTF-8", None
     # The same line splitting as the full read (`newline=""`), so line numbers agree.
     lines = io.StringIO(text, newline="")
     if source.format == "csv":
         try:
             header = next(csv.reader(lines), None)
         except csv.Error as exc:
-            return f"malformed CSV header: {exc}"
-        return _header_problem(source, header)
+            return f"malformed CSV header: {exc}", None
+        problem = _header_problem(source, header)
+        if problem is not None or header is None:
+            return problem, None
+        return None, frozenset(name.strip() for name in header) - {source.msisdn_field, CORRELATION_FIELD}
     for number, line_text in enumerate(lines, 1):
         if not line_text.strip():
             continue
         if not complete and not line_text.endswith(("\n", "\r")):
-            return None  # the first object is longer than the peek; the full read will judge it
-        problem = _json_object(line_text, source.msisdn_field)
-        return f"line {number}: {problem}" if isinstance(problem, str) else None
-    return None
+            return None, None  # the first object is longer than the peek; the full read will judge it
+        parsed = _json_object(line_text, source.msisdn_field)
+        return (f"line {number}: {parsed}" if isinstance(parsed, str) else None), None
+    return None, None

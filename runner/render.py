@@ -24,6 +24,8 @@ from .errors import CampaignError, ExitCode
 from .model import Campaign, Location, Recipient, Scalar
 
 ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+# The lowest layer: every text may use these without defining them.
+BUILTIN_VARIABLES = frozenset({"campaign_id", "msisdn", "correlation_id"})
 
 
 @dataclass(frozen=True)
@@ -134,11 +136,11 @@ class Renderer:
         values.update(recipient.substitutions)
         return values
 
-    def plain_values(self, recipient: Recipient, correlation_id: str) -> dict[str, Any] | None:
-        """`values_for` restricted to the names a plain text reads (same precedence), or
-        None when one is undefined: `render` then raises the error for it."""
-        own = recipient.substitutions
-        shared = recipient.source_substitutions
+    def plain_values(self, own: Mapping[str, Scalar], shared: Mapping[str, Scalar], msisdn: str,
+                     correlation_id: str) -> dict[str, Any] | None:
+        """`values_for` restricted to the names a plain text reads (same precedence), for
+        a recipient's own values, its source's values and its number; None when a name is
+        undefined (`render` raises the error for it)."""
         base = self.campaign_layer
         values: dict[str, Any] = {}
         for name in self._plain_names:
@@ -149,7 +151,7 @@ class Renderer:
             elif name == "correlation_id":
                 values[name] = correlation_id
             elif name == "msisdn":
-                values[name] = recipient.msisdn
+                values[name] = msisdn
             elif name in base:
                 values[name] = base[name]
             else:

@@ -43,8 +43,8 @@ from .model import (
     SourceDocument,
     Template,
 )
-from .recipients import check_source_readable, invalid_reason, normalise_msisdn
-from .render import compile_text
+from .recipients import check_source_readable, invalid_reason, normalise_msisdn, source_columns
+from .render import BUILTIN_VARIABLES, compile_text
 
 DEFAULT_TPS = 10
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
@@ -287,6 +287,8 @@ def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
                         hint=error.hint)
             continue
         used_smartlinks |= compiled.smartlink_ids
+        if path == ("content", "text"):
+            yield from _variable_checks(doc, data, compiled.variables)
     if len(data.get("callbackData", "")) > vendor.MAX_CALLBACK_DATA_CHARS:
         yield _diag(doc, ("callbackData",), f"callbackData is {len(data['callbackData'])} characters; at most "
                     f"{vendor.MAX_CALLBACK_DATA_CHARS}", "callback-data-length")
@@ -415,6 +417,34 @@ def _recipient_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Dia
         else:
             entry = {"file": item} if isinstance(item, str) else item
             yield from _file_check(doc, ("exclude", index), _file_source(doc, ("exclude", index), entry))
+
+
+def _variable_checks(doc: SourceDocument, data: dict[str, Any], variables: frozenset[str]) -> Iterator[Diagnostic]:
+    """Variables no layer can supply, found before a plan reads a single row.
+
+    Inline recipients and CSV headers are known now; a row's empty cell or a JSON
+    Lines row is only known at plan time, where the same mistake names the row.
+    """
+    provided = BUILTIN_VARIABLES | set(data.get("substitutions", {}))
+    needed = variables - provided
+    if not needed:
+        return
+    for index, item in enumerate(data["recipients"]):
+        if "msisdn" in item:
+            missing = sorted(needed - set(item.get("substitutions", {})))
+            where: JsonPath = ("recipients", index)
+            subject = f"recipient {item['msisdn']}"
+        else:
+            source = _file_source(doc, ("recipients", index), item)
+            columns = source_columns(source)
+            if columns is None:
+                continue
+            missing = sorted(needed - set(source.substitutions) - columns)
+            where = ("recipients", index, "file")
+            subject = f"{source.display_name} (columns: {', '.join(sorted(columns)) or 'none'})"
+        for name in missing:
+            yield _diag(doc, where, f"{subject} has no value for '{name}', used in the text", "missing-variable",
+                        hint=f"add '{name}' to the campaign substitutions or to this recipient")
 
 
 def _msisdn_check(doc: SourceDocument, path: JsonPath, raw: str) -> Iterator[Diagnostic]:
