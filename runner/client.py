@@ -324,7 +324,7 @@ class ApiClient:
                 f"(1-{vendor.IDEMPOTENCY_KEY_MAX} characters)",
                 exit_code=ExitCode.INTERNAL,
             )
-        content = json.dumps(batch.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        content = batch.json().encode("utf-8")
         headers = {**self._auth_headers, vendor.IDEMPOTENCY_HEADER: batch.key}
         try:
             with self._client.stream("POST", self.url_for(batch), content=content, headers=headers) as response:

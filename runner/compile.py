@@ -108,7 +108,13 @@ class Compiler:
         # instead of merging every layer into a dict for each recipient.
         self._plain = (self.renderer if self.renderer is not None and self.text is not None
                        and self.text.is_plain and campaign.template is None else None)
-        self._sorted_variables = tuple(sorted(self.text.variables)) if self.text is not None else ()
+        # `generated_correlation_id`, with the campaign's part hashed once.
+        self._correlation_hash = hashlib.blake2b(f"{campaign.id}\x00".encode(), digest_size=8)
+
+    def _generated_correlation_id(self, msisdn: str) -> str:
+        digest = self._correlation_hash.copy()
+        digest.update(msisdn.encode())
+        return "cr-" + digest.hexdigest()
 
     # --- messages ---------------------------------------------------------------
 
@@ -143,17 +149,13 @@ class Compiler:
         else:
             recipient = None
             msisdn, own, shared, given = kept[0], kept[1], kept[2], kept[3]
-        correlation_id = given or generated_correlation_id(self.campaign.id, msisdn)
+        correlation_id = given or self._generated_correlation_id(msisdn)
         text: str | None = None
         own_values: Mapping[str, Scalar] | None = None
-        plain = self._plain
-        if plain is not None:
-            values = plain.plain_values(own, shared, msisdn, correlation_id)
-            if values is not None:
-                text = plain.format_plain(values)
-                base = plain.campaign_layer
-                own_values = {name: values[name] for name in self._sorted_variables
-                              if name not in base or base[name] != values[name]}
+        if self._plain is not None:
+            rendered = self._plain.render_plain(own, shared, msisdn, correlation_id)
+            if rendered is not None:
+                text, own_values = rendered  # own values: what `_own_values` gives
         if text is None:
             if self.renderer is not None:
                 recipient = recipient or _as_recipient(kept)
@@ -248,10 +250,11 @@ class Compiler:
         stream = self._iter_items() if compiled is None else _items_of(compiled)
         platform = self.platform
         size = self.size
-        groups: dict[tuple[str, str], list[_Item]] = {}
+        # Requests share an encoding, and under the local strategy a text as well.
+        groups: dict[str | tuple[str, str], list[_Item]] = {}
         index = 0
         for item in stream:
-            group_key = (item[4], "" if platform else item[2])
+            group_key = item[4] if platform else (item[4], item[2])
             members = groups.get(group_key)
             if members is None:
                 members = groups[group_key] = []
@@ -281,14 +284,18 @@ class Compiler:
         try:
             body = self._v1_body(members[0]) if self.api == "v1" else self._v2_body(members)
             self.stats.requests += 1
-            key_source = json.dumps([self.campaign.id, self.api, body], sort_keys=True, ensure_ascii=False)
-            digest = hashlib.sha256(key_source.encode()).hexdigest()[:40]
+            # The body is serialised once: the same text is hashed into the key, written by
+            # `campaign compile` and sent by `campaign apply`. check_circular=False: a body
+            # built here holds no cycles, and the text is the same without the bookkeeping.
+            wire = json.dumps(body, ensure_ascii=False, separators=(",", ":"), check_circular=False)
+            digest = hashlib.sha256(f"{self.campaign.id}\x00{self.api}\x00{wire}".encode()).hexdigest()[:40]
             return Batch(
                 key=f"{index:06d}-{digest}",
                 index=index,
                 api=self.api,
                 body=body,
                 destinations=tuple([Destination(item[0], item[1]) for item in members]),
+                wire=wire,
             )
         finally:
             if collecting:
@@ -443,4 +450,4 @@ def _replacement_hint(char: str) -> str:
 
 def body_line(batch: Batch) -> str:
     """One JSON Lines record: compact, keys in the order built (deterministic)."""
-    return json.dumps(batch.body, ensure_ascii=False, separators=(",", ":"))
+    return batch.json()

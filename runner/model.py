@@ -8,6 +8,7 @@ stage can point at the line a user must edit.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -254,3 +255,8 @@ class Batch:
     api: Api
     body: Mapping[str, Any]
     destinations: tuple[Destination, ...]
+    wire: str = field(default="", repr=False, compare=False)  # `body` as compact JSON, when already made
+
+    def json(self) -> str:
+        """The body exactly as written by `compile` and sent by `apply`: compact JSON, keys in build order."""
+        return self.wire or json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), check_circular=False)

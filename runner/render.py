@@ -120,13 +120,14 @@ class Renderer:
             f"{vendor.SMARTLINK_TOKEN_PREFIX}{sid}") for sid in text.smartlink_ids})
         self.campaign_layer.update(campaign.substitutions)
         self._template = None if text.is_plain else ENVIRONMENT.from_string(text.source)
-        # Plain texts: every name the text reads, and the text as a %-format (`%s` calls
-        # str(), like `_as_text`), so `plain_values` + `format_plain` render a recipient
-        # without building the merged dict of every layer.
+        # Plain texts: the text as a %-format (`%s` calls str(), like `_as_text`) with the
+        # names it reads in order, and per name (sorted): whether it is a variable, and the
+        # campaign layer's value if any. `render_plain` needs nothing else per recipient.
         parts = text.plain_parts or ()
-        self._plain_order = tuple(part.name for part in parts if isinstance(part, Variable))
-        self._plain_names = tuple(dict.fromkeys(self._plain_order))
         self._plain_format = "".join(part.replace("%", "%%") if isinstance(part, str) else "%s" for part in parts)
+        self._plain_order = tuple(part.name for part in parts if isinstance(part, Variable))
+        self._plain_lookup = tuple((name, name in text.variables, name in self.campaign_layer,
+                                    self.campaign_layer.get(name)) for name in sorted(set(self._plain_order)))
 
     def values_for(self, recipient: Recipient, correlation_id: str) -> dict[str, Any]:
         values = dict(self.campaign_layer)
@@ -136,31 +137,33 @@ class Renderer:
         values.update(recipient.substitutions)
         return values
 
-    def plain_values(self, own: Mapping[str, Scalar], shared: Mapping[str, Scalar], msisdn: str,
-                     correlation_id: str) -> dict[str, Any] | None:
-        """`values_for` restricted to the names a plain text reads (same precedence), for
-        a recipient's own values, its source's values and its number; None when a name is
-        undefined (`render` raises the error for it)."""
-        base = self.campaign_layer
+    def render_plain(self, own: Mapping[str, Scalar], shared: Mapping[str, Scalar], msisdn: str,
+                     correlation_id: str) -> tuple[str, dict[str, Scalar]] | None:
+        """A plain text for a recipient given by its own values, its source's values and
+        its number: what `render` returns, and the personal values, i.e. the variables
+        whose value is not the campaign layer's, by name (what platform personalisation
+        sends per destination). None when a name is undefined: `render` raises for it.
+        """
         values: dict[str, Any] = {}
-        for name in self._plain_names:
+        personal: dict[str, Scalar] = {}
+        for name, is_variable, in_campaign, campaign_value in self._plain_lookup:
             if name in own:
-                values[name] = own[name]
+                value = own[name]
             elif name in shared:
-                values[name] = shared[name]
+                value = shared[name]
             elif name == "correlation_id":
-                values[name] = correlation_id
+                value = correlation_id
             elif name == "msisdn":
-                values[name] = msisdn
-            elif name in base:
-                values[name] = base[name]
+                value = msisdn
+            elif in_campaign:
+                values[name] = campaign_value
+                continue
             else:
                 return None
-        return values
-
-    def format_plain(self, values: Mapping[str, Any]) -> str:
-        """A plain text rendered from `plain_values`: the same text `render` returns."""
-        return self._plain_format % tuple([values[name] for name in self._plain_order])
+            values[name] = value
+            if is_variable and (not in_campaign or campaign_value != value):
+                personal[name] = value
+        return self._plain_format % tuple([values[name] for name in self._plain_order]), personal
 
     def render(self, recipient: Recipient, correlation_id: str) -> str:
         values = self.values_for(recipient, correlation_id)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -29,6 +31,8 @@ from .model import Api, Batch, Campaign, RecipientFile
 # arrivals, and arrival times jitter with latency, so an exact 1.000 s window would
 # occasionally be read as over the limit.
 RATE_WINDOW_SECONDS = 1.02
+# Ctrl-C, and the SIGTERM of a cancelled pipeline: stop dispatching, record what is on the wire.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Sender(Protocol):
@@ -161,7 +165,7 @@ class RateLimiter:
         self.window = window
         self.clock = clock
         self.sleep = sleep
-        self.sent: deque[tuple[float, int]] = deque()
+        self.sent: deque[list[float]] = deque()  # [departure time, destinations]
         self.in_window = 0
         self.paused_until = 0.0
         self.lock = threading.Lock()
@@ -171,23 +175,34 @@ class RateLimiter:
         with self.lock:
             self.paused_until = max(self.paused_until, self.clock() + seconds)
 
-    def acquire(self, count: int, stop: threading.Event | None = None) -> bool:
+    def acquire(self, count: int, stop: threading.Event | None = None) -> list[float] | None:
+        """Wait until `count` destinations fit the window and reserve them; None if `stop` was set.
+
+        The reservation is returned so that `touch` can move it to the moment the request
+        really leaves (after the ledger write): the window must count departures.
+        """
         count = min(count, self.rate)
         while True:
             with self.lock:
                 now = self.clock()
                 while self.sent and now - self.sent[0][0] >= self.window:
-                    self.in_window -= self.sent.popleft()[1]
+                    self.in_window -= int(self.sent.popleft()[1])
                 wait_for = self.paused_until - now
                 if wait_for <= 0 and self.in_window + count <= self.rate:
-                    self.sent.append((now, count))
+                    reservation = [now, count]
+                    self.sent.append(reservation)
                     self.in_window += count
-                    return True
+                    return reservation
                 if wait_for <= 0:
                     wait_for = self.window - (now - self.sent[0][0])
             if stop is not None and stop.is_set():
-                return False
+                return None
             self.sleep(min(max(wait_for, 0.001), 0.25))
+
+    def touch(self, reservation: list[float]) -> None:
+        """Restart a reservation's second now (only ever later, so the window never undercounts)."""
+        with self.lock:
+            reservation[0] = max(reservation[0], self.clock())
 
 
 def backoff_delay(attempt: int, policy: SendPolicy, retry_after: float | None, rng: random.Random) -> float:
@@ -220,6 +235,35 @@ class Applier:
         self.result = ApplyResult(campaign.id)
 
     def run(self, batches: Iterator[Batch]) -> ApplyResult:
+        with self._stop_on_signals():
+            return self._run(batches)
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While sending, the first Ctrl-C (or SIGTERM) only sets `stop`: raised as
+        KeyboardInterrupt it could land between a ledger transaction's BEGIN and its
+        try-block and leave the transaction open on the connection the workers still write
+        through. A second signal gets the previous handlers (KeyboardInterrupt, handled below)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: handler for signum in STOP_SIGNALS if (handler := signal.getsignal(signum)) is not None}
+
+        def stop(signum: int, frame: object) -> None:
+            self.stop.set()
+            self.result.interrupted = True
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+        for signum in previous:
+            signal.signal(signum, stop)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _run(self, batches: Iterator[Batch]) -> ApplyResult:
         started = time.monotonic()
         in_flight: set[Future[None]] = set()
         pool = ThreadPoolExecutor(max_workers=self.policy.max_in_flight, thread_name_prefix="send")
@@ -233,8 +277,7 @@ class Applier:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
                         future.result()
-                if not self.limiter.acquire(len(batch.destinations), self.stop):
-                    break
+                # pacing happens in the worker, per attempt: a retry is paced like a first send
                 in_flight.add(pool.submit(self._send_batch, batch))
         except KeyboardInterrupt:
             self.stop.set()
@@ -251,7 +294,18 @@ class Applier:
                 if future.done() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
             self.result.elapsed_seconds = time.monotonic() - started
+        self._count_held_uncertain()
         return self.result
+
+    def _count_held_uncertain(self) -> None:
+        """Report every uncertain batch the ledger holds, not only those this run's batches
+        met: after a re-plan (--allow-changes) the held ones are no longer compiled."""
+        if not self.ledger.has_uncertain(self.campaign.id):
+            return
+        summary = self.ledger.summary(self.campaign.id)
+        with self.result_lock:
+            self.result.uncertain = summary.batches["uncertain"]
+            self.result.uncertain_destinations = summary.destinations["uncertain"]
 
     def _should_send(self, batch: Batch) -> bool:
         self.ledger.record_pending(self.campaign.id, batch)
@@ -277,9 +331,15 @@ class Applier:
         for attempt in range(1, self.policy.max_attempts + 1):
             if attempt > 1 and self.stop.is_set():
                 break
+            reservation = self.limiter.acquire(len(batch.destinations), self.stop)
+            if reservation is None:  # stopping: a first attempt stays pending, never sent
+                if answer is None:
+                    return
+                break
             self.ledger.mark_in_flight(batch.key, self.run_id)
             with self.result_lock:
                 self.result.attempts += 1
+            self.limiter.touch(reservation)  # the window counts from the departure, not the fsync
             answer = self.sender.send(batch)
             if self.log is not None:
                 self.log(f"batch {batch.key} attempt {attempt}: {answer.outcome.value}"
@@ -326,10 +386,18 @@ class Applier:
                 BatchFailure(batch.key, len(batch.destinations), answer.http_status, answer.code, answer.message))
 
 
+# Kept after the stored input hash once a campaign was re-planned around what had already
+# been sent (--allow-changes): its batches no longer match a compile of all recipients, so
+# every later run compiles only what is left, even with unchanged inputs.
+REPLANNED_SUFFIX = "+replanned"
+
+
 def prepare(campaign: Campaign, ledger: Ledger, *, api: Api, allow_changes: bool, resend_uncertain: bool) -> Compiler:
     """Check the ledger against the inputs and return the compiler for what is left to send."""
     new_hash = input_hash(campaign, api)
-    old_hash = ledger.campaign_hash(campaign.id)
+    stored = ledger.campaign_hash(campaign.id)
+    replanned = stored is not None and stored.endswith(REPLANNED_SUFFIX)
+    old_hash = stored.removesuffix(REPLANNED_SUFFIX) if stored is not None else None
     skip: Callable[[str], bool] | None = None
     if old_hash is not None and old_hash != new_hash:
         summary = ledger.summary(campaign.id)
@@ -343,10 +411,23 @@ def prepare(campaign: Campaign, ledger: Ledger, *, api: Api, allow_changes: bool
                     hint="pass --allow-changes to send only to recipients not already accepted, or give the "
                     "campaign a new id",
                 )
-            done = ledger.accepted_msisdns(campaign.id)
-            if not resend_uncertain:
-                done |= ledger.msisdns_with_status(campaign.id, "uncertain")
-                done |= ledger.msisdns_with_status(campaign.id, "in-flight")
-            skip = done.__contains__
-    ledger.set_campaign_hash(campaign.id, new_hash)
+            replanned = True
+    if replanned:
+        done = ledger.accepted_msisdns(campaign.id)
+        unsure = ledger.msisdns_with_status(campaign.id, "uncertain") | ledger.msisdns_with_status(
+            campaign.id, "in-flight")
+        if resend_uncertain and unsure and not allow_changes:
+            # Their batches were planned before the re-plan and cannot be rebuilt: resending
+            # them means new batches, new keys, and no deduplication by the vendor.
+            raise CampaignError(
+                f"{campaign.source.display_name}: {len(unsure)} uncertain destinations were batched before the "
+                "campaign was re-planned (--allow-changes): they cannot be resent with their Idempotency-Key",
+                exit_code=ExitCode.REFUSED,
+                hint="apply without --resend-uncertain sends the rest and keeps them held; add --allow-changes to "
+                "resend them in new requests anyway (any the vendor already took would arrive twice)",
+            )
+        if not resend_uncertain:
+            done |= unsure
+        skip = done.__contains__
+    ledger.set_campaign_hash(campaign.id, new_hash + (REPLANNED_SUFFIX if replanned else ""))
     return Compiler(campaign, api, skip=skip)
