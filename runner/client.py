@@ -27,6 +27,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import json
+import re
 import math
 import urllib.parse
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ FILE_SUFFIX: Final = "_FILE"
 
 MAX_BODY_BYTES: Final = 1 << 20  # answers are small JSON objects; read no more than this
 MAX_MESSAGE_CHARS: Final = 500
+REDACT_ANYWHERE_LENGTH: Final = 12  # secrets at least this long are redacted even inside other text
 CONNECT_TIMEOUT_MAX: Final = 10.0
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -141,7 +143,12 @@ def redact(text: str, credentials: Credentials) -> str:
         variants.add(urllib.parse.quote(secret, safe=""))
         variants.add(urllib.parse.quote_plus(secret, safe=""))
     for variant in sorted(variants, key=len, reverse=True):
-        text = text.replace(variant, "***")
+        if len(variant) >= REDACT_ANYWHERE_LENGTH:
+            text = text.replace(variant, "***")
+        else:
+            # A short secret (a test key like "k") would otherwise mangle ordinary words;
+            # it is still redacted wherever it stands as a token of its own.
+            text = re.sub(rf"(?<![A-Za-z0-9_.~-]){re.escape(variant)}(?![A-Za-z0-9_.~-])", "***", text)
     return text
 
 

@@ -14,6 +14,7 @@ so a rehearsal of a real campaign file can never call a customer's webhook.
 from __future__ import annotations
 
 import base64
+import bisect
 import binascii
 import functools
 import hashlib
@@ -483,6 +484,7 @@ class _Request:
     key: str
     authorization: str
     idempotency_key: str | None
+    arrived: float = 0.0  # time.monotonic() when the request's headers were in: the TPS window counts arrivals
 
 
 # --- the sandbox -----------------------------------------------------------------------
@@ -664,11 +666,12 @@ class Sandbox:
                 if replay is not None:
                     return replay
             plan = _validate_v2(body, self._templates, limit) if api == "v2" else _validate_v1(body)
-            self._check_rate(len(plan.destinations))
+            self._check_rate(len(plan.destinations), request.arrived or time.monotonic())
             roll = self._rng.random()
             if roll < settings.fail_rate:
                 raise _meaning(500, INTERNAL_ERROR)
-            return self._store(api, plan, key, fingerprint, drop=roll < settings.fail_rate + settings.drop_rate)
+            return self._store(api, plan, key, fingerprint, drop=roll < settings.fail_rate + settings.drop_rate,
+                               arrived=request.arrived or time.monotonic())
 
     def _replay(self, key: str, fingerprint: str) -> _Answer | None:
         seen = self._seen.get(key)
@@ -681,18 +684,20 @@ class Sandbox:
         answer = seen[2]
         return replace(answer, headers=answer.headers + ((REPLAYED_HEADER, "true"),))
 
-    def _check_rate(self, destinations: int) -> None:
+    def _check_rate(self, destinations: int, now: float) -> None:
         tps = self.settings.tps
         if tps is None:
             return
-        now = time.monotonic()
-        while self._window and self._window[0][0] <= now - TPS_WINDOW_SECONDS:
+        # requests are checked out of arrival order (threads): keep 2 s, count arrivals after now - 1 s
+        while self._window and self._window[0][0] <= time.monotonic() - 2 * TPS_WINDOW_SECONDS:
             self._window.popleft()
-        excess = sum(n for _, n in self._window) + destinations - tps
+        excess = sum(n for at, n in self._window if at > now - TPS_WINDOW_SECONDS) + destinations - tps
         if excess <= 0:
             return
         freed, wait = 0, TPS_WINDOW_SECONDS
         for at, n in self._window:
+            if at <= now - TPS_WINDOW_SECONDS:
+                continue
             freed += n
             if freed >= excess:
                 wait = at + TPS_WINDOW_SECONDS - now
@@ -701,7 +706,8 @@ class Sandbox:
         raise _Reject(429, vendor.RATE_LIMIT_CODE, vendor.ERROR_MEANINGS[vendor.RATE_LIMIT_CODE],
                       (("Retry-After", retry_after),))
 
-    def _store(self, api: str, plan: _Plan, key: str | None, fingerprint: str, *, drop: bool) -> _Answer:
+    def _store(self, api: str, plan: _Plan, key: str | None, fingerprint: str, *, drop: bool,
+               arrived: float) -> _Answer:
         message_id, stamp, accepted_at = str(uuid.uuid4()), _now_iso(), time.time()
         stored = [StoredMessage(message_id, msisdn, correlation, text, api, key,
                                 count_segments(text, plan.encoding).segments, accepted_at)
@@ -714,7 +720,7 @@ class Sandbox:
         else:
             answer = _Answer(vendor.V1_SUCCESS_STATUS, {"acceptedTime": stamp, "messageId": message_id,
                                                         "correlationId": plan.correlation_id})
-        self._window.append((time.monotonic(), len(stored)))
+        bisect.insort(self._window, (arrived, len(stored)))
         if key is not None:
             self._seen[key] = (time.monotonic() + vendor.IDEMPOTENCY_WINDOW_SECONDS, fingerprint, answer)
         self._counts["accepted_requests"] += 1
@@ -818,12 +824,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         sandbox = cast(_Server, self.server).sandbox
+        arrived = time.monotonic()
         try:
             body, body_error = self._read_body()
             request = _Request(self.command, urlsplit(self.path).path, body, body_error,
                                (self.headers.get(vendor.SERVICE_KEY_HEADER) or "").strip(),
                                (self.headers.get(vendor.JWT_HEADER) or "").strip(),
-                               self.headers.get(vendor.IDEMPOTENCY_HEADER))
+                               self.headers.get(vendor.IDEMPOTENCY_HEADER), arrived)
             answer = sandbox._route(request)
         except Exception:  # a sandbox bug answers 500, it never kills the server
             answer = _meaning(500, INTERNAL_ERROR).answer

@@ -425,7 +425,10 @@ def test_credentials_repr_hides_secrets() -> None:
 
 def test_redact() -> None:
     both = Credentials(service_key="abc", jwt="xyz.123")
-    assert redact("key abc and Bearer xyz.123, abcabc", both) == "key *** and Bearer ***, ******"
+    # short secrets are redacted as tokens, not inside ordinary words ("--traceback" stays readable)
+    assert redact("key abc and Bearer xyz.123, abcabc, key=abc&", both) == "key *** and Bearer ***, abcabc, key=***&"
+    long_key = Credentials(service_key="s3cr3t-0123456789", jwt=None)
+    assert redact("xs3cr3t-0123456789y", long_key) == "x***y"
     assert redact("nothing here", Credentials(None, None)) == "nothing here"
     assert redact("a%2Fb", Credentials("a/b", None)) == "***"
 
