@@ -157,6 +157,9 @@ class RateLimiter:
 
     Counting destinations (not requests) is what the vendor's TPS means; a sliding
     window (not a token bucket with a burst) is what keeps every second under it.
+    Batches are also spaced evenly (a batch of n waits n/rate of a window after the
+    previous one), so a second's budget is not spent in one burst that arrival jitter
+    at the server could push over the limit.
     """
 
     def __init__(self, rate: int, *, window: float = RATE_WINDOW_SECONDS,
@@ -168,6 +171,7 @@ class RateLimiter:
         self.sent: deque[list[float]] = deque()  # [departure time, destinations]
         self.in_window = 0
         self.paused_until = 0.0
+        self.next_start = 0.0  # even spacing: no burst of a whole second at a window's start
         self.lock = threading.Lock()
 
     def pause(self, seconds: float) -> None:
@@ -187,8 +191,9 @@ class RateLimiter:
                 now = self.clock()
                 while self.sent and now - self.sent[0][0] >= self.window:
                     self.in_window -= int(self.sent.popleft()[1])
-                wait_for = self.paused_until - now
+                wait_for = max(self.paused_until, self.next_start) - now
                 if wait_for <= 0 and self.in_window + count <= self.rate:
+                    self.next_start = now + count * self.window / self.rate
                     reservation = [now, count]
                     self.sent.append(reservation)
                     self.in_window += count
@@ -416,15 +421,16 @@ def prepare(campaign: Campaign, ledger: Ledger, *, api: Api, allow_changes: bool
         done = ledger.accepted_msisdns(campaign.id)
         unsure = ledger.msisdns_with_status(campaign.id, "uncertain") | ledger.msisdns_with_status(
             campaign.id, "in-flight")
-        if resend_uncertain and unsure and not allow_changes:
-            # Their batches were planned before the re-plan and cannot be rebuilt: resending
-            # them means new batches, new keys, and no deduplication by the vendor.
+        if resend_uncertain and unsure:
+            # Their batches were planned from the old inputs and cannot be rebuilt: resending
+            # them means new batches, new keys, and no deduplication by the vendor, so any
+            # the vendor already took would arrive twice. That is never done.
             raise CampaignError(
                 f"{campaign.source.display_name}: {len(unsure)} uncertain destinations were batched before the "
-                "campaign was re-planned (--allow-changes): they cannot be resent with their Idempotency-Key",
+                "campaign's inputs changed: they cannot be resent with their Idempotency-Key",
                 exit_code=ExitCode.REFUSED,
-                hint="apply without --resend-uncertain sends the rest and keeps them held; add --allow-changes to "
-                "resend them in new requests anyway (any the vendor already took would arrive twice)",
+                hint="apply without --resend-uncertain sends the rest and keeps them held; to resend them, restore "
+                "the previous inputs and apply --resend-uncertain first",
             )
         if not resend_uncertain:
             done |= unsure
