@@ -21,11 +21,12 @@ from typing import Any, NoReturn, TextIO
 import click
 
 from . import __version__
-from .client import JWT_ENV, SERVICE_KEY_ENV, Credentials, redact
 from .errors import CampaignError, ExitCode
 
 def redact_env_secrets(text: str) -> str:
     """Whatever the CLI prints passes through here: no credential from the environment survives."""
+    from .client import JWT_ENV, SERVICE_KEY_ENV, Credentials, redact
+
     try:
         secrets = Credentials.from_env(os.environ).secrets
     except CampaignError:  # unreadable or conflicting settings: redact the raw values at least

@@ -14,17 +14,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, redact, resolve_base_url
+from typing import TYPE_CHECKING
+
 from .compile import Compiler, body_line
 from .errors import CampaignError, ExitCode
-from .ledger import Ledger, acquire_lock
 from .model import Api, Campaign
 from .plan import DEFAULT_SHOWN, build_plan
-from .receipts import record_receipts
 from .report import REPORTER_BY_NAME, progress_bar
-from .sandbox import Sandbox, SandboxSettings
-from .send import Applier, SendPolicy, prepare, schedule_for_now
 from .validate import load_campaign, validate_paths
+
+# The sending side (httpx, the ledger, the sandbox server) is imported where it is used,
+# so `validate`, `plan` and `compile` in a pipeline do not pay for loading it.
+if TYPE_CHECKING:
+    from .client import Credentials
+    from .ledger import Ledger
+    from .sandbox import Sandbox
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,10 @@ class Console:
 
 
 def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
+    from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
+    from .ledger import Ledger, acquire_lock
+    from .send import Applier, SendPolicy, prepare, schedule_for_now
+
     campaign, warnings = load_campaign(settings.file, now=now)
     campaign = schedule_for_now(campaign, now, send_now=settings.send_now)
     plan = build_plan(campaign, warnings, api=settings.api, limit=0)
@@ -180,6 +188,8 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
 
 
 def _sandbox_for(campaign: Campaign) -> Sandbox:
+    from .sandbox import Sandbox, SandboxSettings
+
     templates = {}
     if campaign.template is not None:
         templates[campaign.template.id] = campaign.template.preview or f"(template {campaign.template.id})"
@@ -192,6 +202,8 @@ def _collect_sandbox_receipts(sandbox: Sandbox, ledger: Ledger, campaign_id: str
     The sandbox posts receipts from a background thread; wait until its outbox stops
     growing (bounded), then record what it holds.
     """
+    from .receipts import record_receipts
+
     deadline = time.monotonic() + SANDBOX_RECEIPT_WAIT_SECONDS
     seen = -1
     while time.monotonic() < deadline and len(sandbox.outbox()) != seen:
@@ -201,6 +213,8 @@ def _collect_sandbox_receipts(sandbox: Sandbox, ledger: Ledger, campaign_id: str
 
 
 def _verbose_log(err: TextIO, credentials: Credentials) -> Callable[[str], None]:
+    from .client import redact
+
     def log(line: str) -> None:
         err.write(redact(line, credentials) + "\n")
 
@@ -219,6 +233,8 @@ def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitC
     if not settings.state.exists():
         raise CampaignError(f"no state at {settings.state}: campaign {campaign.id} was never applied with it",
                             hint="pass --state PATH if apply used another one")
+    from .ledger import Ledger
+
     with Ledger.open(settings.state) as ledger:
         summary = ledger.summary(campaign.id)
     REPORTER_BY_NAME[settings.output_format](out).status(summary)

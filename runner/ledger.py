@@ -326,23 +326,27 @@ class Ledger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
+            # Everything from BEGIN to COMMIT sits inside the try: an interrupt (Ctrl-C,
+            # SIGTERM) landing anywhere in between must not leave a transaction open.
             try:
+                connection.execute("BEGIN IMMEDIATE")
                 yield connection
+                connection.execute("COMMIT")
             except BaseException:
-                connection.execute("ROLLBACK")
+                if connection.in_transaction:
+                    connection.rollback()
                 raise
-            connection.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._connection()
-            connection.execute("BEGIN")  # one consistent snapshot for multi-query reads
             try:
+                connection.execute("BEGIN")  # one consistent snapshot for multi-query reads
                 yield connection
             finally:
-                connection.execute("COMMIT")
+                if connection.in_transaction:
+                    connection.rollback()  # nothing was written: ending the snapshot is enough
 
     @staticmethod
     def _ensure_campaign(connection: sqlite3.Connection, campaign_id: str, now: str) -> None:
