@@ -90,7 +90,7 @@ def format_option(names: tuple[str, ...]) -> Callable[[Callable[..., Any]], Call
 
 
 def _stdout() -> TextIO:
-    return click.get_text_stream("stdout")
+    return sys.stdout
 
 
 class Group(click.Group):
@@ -191,7 +191,7 @@ def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, re
                                  verbose=verbose, resend_uncertain=resend_uncertain, allow_changes=allow_changes,
                                  send_now=send_now, sandbox=sandbox, base_url=base_url, region=region,
                                  output_format=output_format, max_in_flight=max_in_flight, timeout=timeout)
-        console = Console(out=_stdout(), err=click.get_text_stream("stderr"),
+        console = Console(out=_stdout(), err=sys.stderr,
                           interactive=sys.stdin.isatty() and sys.stderr.isatty(),
                           confirm=lambda question: click.confirm(question, default=False, err=True),
                           environ=dict(os.environ))
