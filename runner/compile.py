@@ -108,6 +108,12 @@ class Compiler:
         # instead of merging every layer into a dict for each recipient.
         self._plain = (self.renderer if self.renderer is not None and self.text is not None
                        and self.text.is_plain and campaign.template is None else None)
+        # Platform strategy: the campaign-layer values the text reads, for every request's
+        # global `substitutions` block (the same for all of them).
+        self._shared_values: dict[str, Any] = (
+            {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables) if n in self.renderer.campaign_layer}
+            if self.renderer is not None and self.text is not None and self.text.is_plain else {}
+        )
         # `generated_correlation_id`, with the campaign's part hashed once.
         self._correlation_hash = hashlib.blake2b(f"{campaign.id}\x00".encode(), digest_size=8)
 
@@ -321,10 +327,8 @@ class Compiler:
         elif self.platform:
             assert self.text is not None and self.renderer is not None
             body["content"] = {"type": self._content_type(first_encoding), "text": self.text.wire_text()}
-            shared = {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables)
-                      if n in self.renderer.campaign_layer}
-            if shared:
-                body["substitutions"] = shared
+            if self._shared_values:
+                body["substitutions"] = dict(self._shared_values)
         else:
             body["content"] = {"type": self._content_type(first_encoding), "text": first_text}
         body.update(self._v2_extras())
@@ -370,9 +374,7 @@ class Compiler:
         if self.platform:
             assert self.text is not None and self.renderer is not None
             body["content"] = self.text.wire_text()
-            values = {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables)
-                      if n in self.renderer.campaign_layer}
-            values.update(own_values)
+            values = {**self._shared_values, **own_values}
             if values:
                 body["substitutions"] = values
         else:

@@ -491,18 +491,25 @@ def iter_kept(campaign: Campaign, stats: RecipientStats | None = None) -> Iterat
     counts = stats if stats is not None else RecipientStats()
     excluded = load_excluded(campaign)
     seen: set[int] = set()
+
+    def admit(msisdn: str) -> bool:
+        """Count one row; True when it is the first sighting of a number not excluded."""
+        counts.total_rows += 1
+        key = int(msisdn[1:])
+        if key in excluded:
+            counts.excluded += 1
+            return False
+        if key in seen:
+            counts.duplicates += 1
+            return False
+        seen.add(key)
+        counts.accepted += 1
+        return True
+
     for source in campaign.recipients:
         if isinstance(source, InlineRecipient):
             for recipient in iter_source(source):
-                counts.total_rows += 1
-                key = int(recipient.msisdn[1:])
-                if key in excluded:
-                    counts.excluded += 1
-                elif key in seen:
-                    counts.duplicates += 1
-                else:
-                    seen.add(key)
-                    counts.accepted += 1
+                if admit(recipient.msisdn):
                     yield recipient
             continue
         # `iter_source` inlined for files (the hot loop).
@@ -512,15 +519,7 @@ def iter_kept(campaign: Campaign, stats: RecipientStats | None = None) -> Iterat
             msisdn = normalise_msisdn(raw)
             if msisdn is None:
                 raise _error(Location(name, line), invalid_reason(raw))
-            counts.total_rows += 1
-            key = int(msisdn[1:])
-            if key in excluded:
-                counts.excluded += 1
-            elif key in seen:
-                counts.duplicates += 1
-            else:
-                seen.add(key)
-                counts.accepted += 1
+            if admit(msisdn):
                 yield (msisdn, substitutions, shared, correlation_id, name, line)
 
 
