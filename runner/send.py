@@ -359,11 +359,7 @@ class Applier:
             if answer.outcome is Outcome.REJECTED:
                 break
             if answer.outcome is Outcome.UNCERTAIN and not self.policy.resend_uncertain:
-                self.ledger.mark_uncertain(batch.key, reason=answer.message)
-                with self.result_lock:
-                    self._count_uncertain(batch)
-                    self._record_failure(batch, answer)
-                return
+                break  # it may have been taken: held, not sent again in this run
             if attempt == self.policy.max_attempts:
                 break
             with self.rng_lock:
