@@ -2,10 +2,13 @@
 
 Rehearsals (`campaign apply --sandbox`) and the project's own tests talk real HTTP to
 it, so the client, the retry logic and the ledger are exercised exactly as against the
-vendor. It is deliberately at least as strict as the vendor documents (fact sheet
-§1-§6): a client that works here should work there. Faults (latency, 500s, dropped
-connections after acceptance) are injected on demand, because exactly-once delivery
-is only believable once it has survived them.
+vendor. Faults (latency, 500s, dropped connections after acceptance) are injected on
+demand, because exactly-once delivery is only believable once it has survived them.
+
+This module is the server side of that: authentication, idempotency, the TPS window,
+faults and receipts. What the vendor accepts in a request body lives in
+`runner.sandbox_checks`, which is deliberately at least as strict as the vendor
+documents (fact sheet §1-§6): a client that works here should work there.
 
 Receipts are posted only to loopback URLs; any other notifyUrl is kept in an outbox,
 so a rehearsal of a real campaign file can never call a customer's webhook.
@@ -24,7 +27,6 @@ import json
 import math
 import queue
 import random
-import re
 import socket
 import threading
 import time
@@ -32,8 +34,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from types import TracebackType
@@ -43,29 +44,17 @@ from urllib.parse import urlsplit
 import httpx
 
 from runner import vendor
-from runner.model import Encoding
+from runner.sandbox_checks import Plan, Reject, invalid, meaning, parse_json, validate_v1, validate_v2
 from runner.segments import count as count_segments
-from runner.segments import is_gsm7
-
 from runner.vendor import (
     AUTH_FAILED,
-    CONTENT_TYPES,
-    DESTINATION_LIMIT_MESSAGE,
-    E164_PATTERN,
     INTERNAL_ERROR,
     INVALID_JSON,
-    INVALID_PARAMETER_MESSAGE,
-    INVALID_TEMPLATE,
     JSON_TOO_LARGE,
     JWT_ALGORITHM,
     KEY_MISSING,
     PARAM_INVALID,
-    PARAM_MISSING,
-    RECEIPT_CODES_BY_REQUEST,
     RECEIPT_DELIVERED,
-    RECEIPT_SUBMITTED,
-    SMS_CHANNEL,
-    TOO_MANY_DESTINATIONS,
     V1_AUTH_FAILED_MESSAGE,
     V2_ACCEPTED_STATUS,
 )
@@ -81,11 +70,6 @@ REPLAYED_HEADER: Final = "Idempotent-Replayed"
 SANDBOX_CARRIER: Final = "SANDBOX"
 INSPECT_PREFIX: Final = "/_sandbox/"
 IDEMPOTENCY_CONFLICT_MESSAGE: Final = f"{vendor.IDEMPOTENCY_HEADER} reused with a different body"
-
-_PREFIX, _SUFFIX = vendor.PLACEHOLDER_TEMPLATE.split("{name}")
-_PLACEHOLDER: Final = re.compile(
-    re.escape(_PREFIX) + r"([^\s" + re.escape(_PREFIX + _SUFFIX) + r"]+)" + re.escape(_SUFFIX)
-)
 
 
 def _loopback_host(host: str) -> bool:
@@ -163,279 +147,13 @@ class _Answer:
     drop: bool = False
 
 
-class _Reject(Exception):
-    """Raised from deep inside validation so that the first failing check wins, as the
-    vendor answers one error per request."""
-
-    def __init__(self, status: int, code: str, message: str | None,
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(code)
-        self.code = code
-        self.answer = _Answer(status, None if message is None else {"code": code, "message": message}, headers)
-
-
-def _missing(name: str) -> _Reject:
-    return _Reject(400, PARAM_MISSING, f"{vendor.ERROR_MEANINGS[PARAM_MISSING]} - {name}")
-
-
-def _invalid(name: str) -> _Reject:
-    return _Reject(400, PARAM_INVALID, INVALID_PARAMETER_MESSAGE.format(name=name))
-
-
-def _meaning(status: int, code: str) -> _Reject:
-    return _Reject(status, code, vendor.ERROR_MEANINGS[code])
+def _refused(reject: Reject) -> _Answer:
+    """A refusal is raised by the request rules, which know nothing of HTTP answers."""
+    return _Answer(reject.status, reject.body, reject.headers)
 
 
 def _now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
-
-
-# --- validation: pure functions from a parsed body to a plan --------------------------
-
-
-@dataclass(frozen=True)
-class _Plan:
-    destinations: list[tuple[str, str | None, str]]  # msisdn, correlation id, final text
-    encoding: Encoding | None
-    correlation_id: str
-    notify_url: str | None
-    callback_data: str
-    receipt_codes: tuple[str, ...]
-
-
-def _blank(value: Any) -> bool:
-    return value is None or value == ""
-
-
-def _boolish(value: Any) -> bool:
-    # The v2 sample sends booleans as strings (vendor.OPTIONS_BOOLEANS_AS_STRINGS).
-    return isinstance(value, bool) or value in ("true", "false")
-
-
-def _check_sender(value: Any) -> None:
-    if not isinstance(value, str) or value.startswith("+"):
-        raise _invalid("from")
-
-
-def _check_msisdn(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not E164_PATTERN.match(value):
-        raise _invalid(name)
-    return value
-
-
-def _check_text(text: Any, content_type: str, text_name: str, type_name: str) -> str:
-    if not isinstance(text, str) or len(text) > vendor.MAX_TEXT_CHARS:
-        raise _invalid(text_name)
-    if content_type == "text" and not is_gsm7(text):
-        raise _invalid(type_name)
-    return text
-
-
-def _check_timestamp(body: Mapping[str, Any], name: str) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    try:
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise _invalid(name)
-    if moment - datetime.now(timezone.utc) > timedelta(seconds=vendor.MAX_SCHEDULE_AHEAD_SECONDS):
-        raise _invalid(name)
-
-
-def _check_url(value: Any, name: str) -> str | None:
-    if value is None or value == "":
-        return None  # the vendor's own samples send "" for "no notifyUrl"
-    if not isinstance(value, str) or value != value.strip():
-        raise _invalid(name)
-    parts = urlsplit(value)
-    try:
-        parts.port
-    except ValueError:
-        raise _invalid(name) from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _invalid(name)
-    return value
-
-
-def _check_callback_data(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > vendor.MAX_CALLBACK_DATA_CHARS:
-        raise _invalid("callbackData")
-    return value
-
-
-def _check_substitutions(value: Any, name: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _invalid(name)
-    out: dict[str, str] = {}
-    for key, item in value.items():
-        if isinstance(item, bool):
-            out[key] = "true" if item else "false"
-        elif isinstance(item, (str, int, Decimal)):
-            out[key] = str(item)  # Decimal keeps the number as written: 1.50 stays "1.50"
-        else:
-            raise _invalid(f"{name}.{key}")
-    return out
-
-
-def _substitute(text: str, personal: Mapping[str, str], common: Mapping[str, str]) -> str:
-    def one(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return personal.get(name, common.get(name, match.group(0)))
-
-    return _PLACEHOLDER.sub(one, text)
-
-
-def _validate_v2(body: Mapping[str, Any], templates: Mapping[str, str], limit: int) -> _Plan:
-    """Checks run in the vendor's code order: 7003, then 7009, then 7004, then 7108."""
-    if body.get("channel") != SMS_CHANNEL:
-        raise _missing("channel")
-    if _blank(body.get("from")):
-        raise _missing("from")
-    to = body.get("to")
-    if not isinstance(to, list) or not to:
-        raise _missing("to")
-    for entry in to:
-        if not isinstance(entry, dict) or not isinstance(entry.get("msisdn"), list) or not entry["msisdn"]:
-            raise _missing("to.msisdn")
-    content, template = body.get("content"), body.get("template")
-    if content is None and template is None:
-        raise _missing("content")
-    if isinstance(content, dict):
-        for name in ("type", "text"):
-            if _blank(content.get(name)):
-                raise _missing(f"content.{name}")
-    if isinstance(template, dict) and _blank(template.get("id")):
-        raise _missing("template.id")
-
-    if sum(len(entry["msisdn"]) for entry in to) > limit:
-        raise _Reject(400, TOO_MANY_DESTINATIONS, DESTINATION_LIMIT_MESSAGE.format(limit=limit))
-
-    _check_sender(body["from"])
-    entries: list[tuple[list[str], str | None, dict[str, str]]] = []
-    for entry in to:
-        numbers = [_check_msisdn(m, "to.msisdn") for m in entry["msisdn"]]
-        correlation = entry.get("correlationId")
-        if correlation is not None and not isinstance(correlation, str):
-            raise _invalid("to.correlationId")
-        entries.append((numbers, correlation, _check_substitutions(entry.get("substitutions"), "to.substitutions")))
-    encoding: Encoding | None = None
-    if content is not None and template is not None:
-        raise _invalid("template")  # one or the other, never both
-    if content is not None:
-        if not isinstance(content, dict) or content["type"] not in CONTENT_TYPES:
-            raise _invalid("content.type")
-        text = _check_text(content["text"], content["type"], "content.text", "content.type")
-        encoding = Encoding.UCS2 if content["type"] == "unicode" else None
-    elif not isinstance(template, dict) or not isinstance(template["id"], str):
-        raise _invalid("template.id")
-    if body.get("expireAt") is not None and body.get("validity") is not None:
-        raise _invalid("validity")
-    validity = body.get("validity")
-    if validity is not None and not (isinstance(validity, str) and validity.isascii() and validity.isdigit()
-                                     and 1 <= int(validity) <= vendor.MAX_VALIDITY_SECONDS):
-        raise _invalid("validity")
-    _check_timestamp(body, "sendAt")
-    _check_timestamp(body, "expireAt")
-    callback_data = _check_callback_data(body.get("callbackData"))
-    options = body.get("options")
-    if options is not None:
-        if not isinstance(options, dict) or _blank(options.get("domain")) or not isinstance(options["domain"], str):
-            raise _invalid("options.domain")
-        for flag in ("trackClicks", "shortenLinks", "allowFallbackURL"):
-            if flag in options and not _boolish(options[flag]):
-                raise _invalid(f"options.{flag}")
-    requested = body.get("requestedReceipts")
-    if requested is not None and (not isinstance(requested, list)
-                                  or any(r not in vendor.RECEIPT_TYPES for r in requested)):
-        raise _invalid("requestedReceipts")
-    notify_url = _check_url(body.get("notifyUrl"), "notifyUrl")
-    common = _check_substitutions(body.get("substitutions"), "substitutions")
-    _check_contact_policy(body.get("contactPolicy"))
-    smartlinks = body.get("smartlinks")
-    if smartlinks is not None and (not isinstance(smartlinks, list) or any(
-            not isinstance(s, dict) or _blank(s.get("smartlinkId")) for s in smartlinks)):
-        raise _invalid("smartlinks")
-
-    if template is not None:
-        if template["id"] not in templates:
-            raise _meaning(400, INVALID_TEMPLATE)
-        text = templates[template["id"]]
-
-    wanted = {RECEIPT_CODES_BY_REQUEST.get(r) for r in requested} if requested else None
-    return _Plan(
-        destinations=[(m, corr, _substitute(text, personal, common)) for numbers, corr, personal in entries
-                      for m in numbers],
-        encoding=encoding,
-        correlation_id=entries[0][1] or "",
-        notify_url=notify_url,
-        callback_data=callback_data,
-        receipt_codes=tuple(c for c in (RECEIPT_SUBMITTED, RECEIPT_DELIVERED) if wanted is None or c in wanted),
-    )
-
-
-def _check_contact_policy(policy: Any) -> None:
-    if policy is None:
-        return
-    if not isinstance(policy, dict):
-        raise _invalid("contactPolicy")
-    flags = [policy.get(k) for k in ("channelCheckConsent", "channelApplyFrequencyCap")]
-    if any(f is not None and not isinstance(f, bool) for f in flags) or True not in flags:
-        raise _invalid("contactPolicy")
-    if _blank(policy.get("contactPolicyGroup")):
-        raise _missing("contactPolicy.contactPolicyGroup")
-
-
-def _validate_v1(body: Mapping[str, Any]) -> _Plan:
-    for name in ("from", "to", "content"):
-        if _blank(body.get(name)):
-            raise _missing(name)
-    _check_sender(body["from"])
-    msisdn = _check_msisdn(body["to"], "to")
-    content_type = body.get("contentType") or "text"
-    if not isinstance(content_type, str) or content_type.lower() not in CONTENT_TYPES:
-        raise _invalid("contentType")
-    content_type = content_type.lower()
-    text = _check_text(body["content"], content_type, "content", "contentType")
-    correlation = body.get("correlationId")
-    if correlation is not None and not isinstance(correlation, str):
-        raise _invalid("correlationId")
-    callback_data = _check_callback_data(body.get("callbackData"))
-    callback_url = _check_url(body.get("callbackUrl"), "callbackUrl")
-    _check_timestamp(body, "expireAt")
-    for flag in ("shortenUrls", "trackShortUrlClicks"):
-        if flag in body and not _boolish(body[flag]):
-            raise _invalid(flag)
-    if "shortUrlDomain" in body and not isinstance(body["shortUrlDomain"], str):
-        raise _invalid("shortUrlDomain")
-    common = _check_substitutions(body.get("substitutions"), "substitutions")
-    return _Plan(
-        destinations=[(msisdn, correlation, _substitute(text, {}, common))],
-        encoding=Encoding.UCS2 if content_type == "unicode" else None,
-        correlation_id=correlation or "",
-        notify_url=callback_url,
-        callback_data=callback_data,
-        receipt_codes=(RECEIPT_SUBMITTED, RECEIPT_DELIVERED),
-    )
-
-
-def _parse_json(data: bytes) -> dict[str, Any]:
-    def no_constants(name: str) -> Any:
-        raise ValueError(name)  # NaN/Infinity are not JSON; the vendor's parser refuses them
-
-    try:
-        body = json.loads(data.decode("utf-8"), parse_float=Decimal, parse_constant=no_constants)
-    except ValueError:  # also UnicodeDecodeError and JSONDecodeError
-        raise _meaning(400, INVALID_JSON) from None
-    if not isinstance(body, dict):
-        raise _meaning(400, INVALID_JSON)
-    return body
 
 
 def _b64url(part: str) -> bytes:
@@ -480,7 +198,7 @@ class _Request:
     method: str
     path: str
     body: bytes
-    body_error: _Reject | None
+    body_error: Reject | None
     key: str
     authorization: str
     idempotency_key: str | None
@@ -616,11 +334,11 @@ class Sandbox:
             self._counts["requests"] += 1
         try:
             return self._accept(api, request)
-        except _Reject as reject:
+        except Reject as reject:
             with self._lock:
                 self._counts["rejected"] += 1
                 self._counts[f"rejected_{reject.code}"] += 1
-            return reject.answer
+            return _refused(reject)
 
     def _authenticate(self, api: str, key: str, authorization: str) -> None:
         """JWT wins over the key when both are sent (vendor fact); on v1 a bare
@@ -644,18 +362,18 @@ class Sandbox:
         if failure is None:
             return
         if api == "v2":
-            raise _Reject(401, failure, None)
-        raise _Reject(403, failure, V1_AUTH_FAILED_MESSAGE if failure == AUTH_FAILED
+            raise Reject(401, failure, None)
+        raise Reject(403, failure, V1_AUTH_FAILED_MESSAGE if failure == AUTH_FAILED
                       else vendor.ERROR_MEANINGS[KEY_MISSING])
 
     def _accept(self, api: str, request: _Request) -> _Answer:
         self._authenticate(api, request.key, request.authorization)
         if request.body_error is not None:
             raise request.body_error
-        body = _parse_json(request.body)
+        body = parse_json(request.body)
         key = request.idempotency_key
         if key is not None and not 0 < len(key) <= vendor.IDEMPOTENCY_KEY_MAX:
-            raise _invalid(vendor.IDEMPOTENCY_HEADER)
+            raise invalid(vendor.IDEMPOTENCY_HEADER)
         canonical = json.dumps([api, body], sort_keys=True, separators=(",", ":"), default=str)
         fingerprint = hashlib.sha256(canonical.encode("ascii")).hexdigest()
         settings = self.settings
@@ -665,11 +383,11 @@ class Sandbox:
                 replay = self._replay(key, fingerprint)
                 if replay is not None:
                     return replay
-            plan = _validate_v2(body, self._templates, limit) if api == "v2" else _validate_v1(body)
+            plan = validate_v2(body, self._templates, limit) if api == "v2" else validate_v1(body)
             self._check_rate(len(plan.destinations), request.arrived or time.monotonic())
             roll = self._rng.random()
             if roll < settings.fail_rate:
-                raise _meaning(500, INTERNAL_ERROR)
+                raise meaning(500, INTERNAL_ERROR)
             return self._store(api, plan, key, fingerprint, drop=roll < settings.fail_rate + settings.drop_rate,
                                arrived=request.arrived or time.monotonic())
 
@@ -679,7 +397,7 @@ class Sandbox:
             self._seen.pop(key, None)
             return None
         if seen[1] != fingerprint:
-            raise _Reject(409, PARAM_INVALID, IDEMPOTENCY_CONFLICT_MESSAGE)
+            raise Reject(409, PARAM_INVALID, IDEMPOTENCY_CONFLICT_MESSAGE)
         self._counts["replayed"] += 1
         answer = seen[2]
         return replace(answer, headers=answer.headers + ((REPLAYED_HEADER, "true"),))
@@ -703,10 +421,10 @@ class Sandbox:
                 wait = at + TPS_WINDOW_SECONDS - now
                 break
         retry_after = str(max(1, math.ceil(wait)))
-        raise _Reject(429, vendor.RATE_LIMIT_CODE, vendor.ERROR_MEANINGS[vendor.RATE_LIMIT_CODE],
+        raise Reject(429, vendor.RATE_LIMIT_CODE, vendor.ERROR_MEANINGS[vendor.RATE_LIMIT_CODE],
                       (("Retry-After", retry_after),))
 
-    def _store(self, api: str, plan: _Plan, key: str | None, fingerprint: str, *, drop: bool,
+    def _store(self, api: str, plan: Plan, key: str | None, fingerprint: str, *, drop: bool,
                arrived: float) -> _Answer:
         message_id, stamp, accepted_at = str(uuid.uuid4()), _now_iso(), time.time()
         stored = [StoredMessage(message_id, msisdn, correlation, text, api, key,
@@ -729,7 +447,7 @@ class Sandbox:
         self._queue_receipts(plan, stored)
         return replace(answer, drop=drop)
 
-    def _queue_receipts(self, plan: _Plan, stored: list[StoredMessage]) -> None:
+    def _queue_receipts(self, plan: Plan, stored: list[StoredMessage]) -> None:
         url = plan.notify_url
         if not self.settings.receipts or url is None:
             return
@@ -833,22 +551,22 @@ class _Handler(BaseHTTPRequestHandler):
                                self.headers.get(vendor.IDEMPOTENCY_HEADER), arrived)
             answer = sandbox._route(request)
         except Exception:  # a sandbox bug answers 500, it never kills the server
-            answer = _meaning(500, INTERNAL_ERROR).answer
+            answer = _refused(meaning(500, INTERNAL_ERROR))
             self.close_connection = True
         if answer.drop:
             self.close_connection = True
             return
         self._write(answer)
 
-    def _read_body(self) -> tuple[bytes, _Reject | None]:
+    def _read_body(self) -> tuple[bytes, Reject | None]:
         """Always consume the body (or close) so a keep-alive connection stays in sync."""
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
-            return b"", _Reject(411, INVALID_JSON, "Content-Length required")
+            return b"", Reject(411, INVALID_JSON, "Content-Length required")
         raw = (self.headers.get("Content-Length") or "0").strip()
         if not raw.isascii() or not raw.isdigit():
             self.close_connection = True
-            return b"", _Reject(400, INVALID_JSON, "Invalid Content-Length")
+            return b"", Reject(400, INVALID_JSON, "Invalid Content-Length")
         length = int(raw)
         if length > MAX_BODY_BYTES:
             if length > DRAIN_LIMIT_BYTES:
@@ -856,11 +574,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 while length > 0 and (chunk := self.rfile.read(min(length, 1 << 16))):
                     length -= len(chunk)
-            return b"", _meaning(400, JSON_TOO_LARGE)
+            return b"", meaning(400, JSON_TOO_LARGE)
         data = self.rfile.read(length)
         if len(data) < length:
             self.close_connection = True
-            return data, _meaning(400, INVALID_JSON)
+            return data, meaning(400, INVALID_JSON)
         return data, None
 
     def _write(self, answer: _Answer, *, close: bool = False) -> None:
