@@ -113,7 +113,8 @@ class TextReporter(Reporter):
         for failure in r.failures[:20]:
             status = f"HTTP {failure.http_status}" if failure.http_status else "no answer"
             code = f" {failure.code} ({error_meaning(failure.code)})" if failure.code else ""
-            self.write(f"  batch {failure.batch_key}: {status}{code}: {failure.message}")
+            detail = failure.message.removeprefix(f"{status} ").lstrip(": ") if failure.http_status else failure.message
+            self.write(f"  batch {failure.batch_key}: {status}{code}: {detail}")
 
     def status(self, result: LedgerSummary) -> None:
         s = result

@@ -586,7 +586,9 @@ def test_compile_every_example_is_deterministic(in_root: Path, example: str) -> 
         body = json.loads(line)
         assert body["channel"] == "sms" and isinstance(body["from"], str) and body["from"]
         assert 1 <= len(body["to"]) <= 1000
-        assert "content" in body or "template" in body
+        # exactly one of the two: the template example names its template, every other one its text
+        assert ("template" in body) == (example == "loyalty-template.yaml")
+        assert ("content" in body) != ("template" in body)
         if "content" in body:
             assert set(body["content"]) == {"type", "text"}
             assert body["content"]["type"] in ("text", "unicode")
@@ -653,10 +655,15 @@ def test_compile_failing_keeps_previous_output_intact(in_tmp: Path) -> None:
 
 
 def test_compile_output_into_missing_folder_is_a_plain_error(in_root: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["compile", "-o", str(tmp_path / "no" / "out.jsonl"), "campaigns/welcome.yaml"],
-                                env=RUNNER_ENV, prog_name="campaign")
-    assert result.exit_code in (ExitCode.INVALID, ExitCode.USAGE)
-    assert "unexpected error" not in result.stderr
+    target = tmp_path / "no" / "out.jsonl"
+    result = invoke("compile", "-o", target, "campaigns/welcome.yaml")
+    assert result.exit_code == ExitCode.USAGE  # the command line names a place that cannot be written
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: cannot write {target}: No such file or directory",
+        "hint: -o must name a file in an existing, writable folder",
+    ]
+    assert not (tmp_path / "no").exists()
 
 
 def test_compile_v1_one_flat_body_per_destination(in_root: Path) -> None:

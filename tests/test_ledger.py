@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -70,8 +69,8 @@ def test_open_creates_directory_schema_and_pragmas(state: Path) -> None:
     assert {"campaign_id", "batch_key", "batch_index", "api", "status", "attempts", "http_status",
             "vendor_code", "vendor_message", "message_id", "destinations_count", "run_id",
             "updated_at"} <= columns
-    with pytest.raises(sqlite3.IntegrityError):
-        raw.execute("INSERT INTO campaigns VALUES ('c', NULL, 'now', 'now')")
+    raw.execute("INSERT INTO campaigns VALUES ('c', NULL, 'now', 'now')")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):  # 'sent' is not a status
         raw.execute("INSERT INTO batches(batch_key, campaign_id, batch_index, api, status, destinations_count,"
                     " created_at, updated_at) VALUES ('b', 'c', 0, 'v2', 'sent', 1, 'now', 'now')")
     raw.close()
@@ -446,7 +445,7 @@ def test_nothing_secret_like_is_stored(ledger: Ledger, state: Path) -> None:
     raw.close()
 
 
-# --- concurrency and speed ------------------------------------------------------------
+# --- concurrency and volume ------------------------------------------------------------
 
 
 def test_thread_safe_transitions(ledger: Ledger) -> None:
@@ -466,27 +465,36 @@ def test_thread_safe_transitions(ledger: Ledger) -> None:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(range(n, 200, 8),)) for n in range(8)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
     assert not errors
     summary = ledger.summary(CAMPAIGN)
     assert dict(summary.batches) == {"pending": 0, "in-flight": 0, "accepted": 150, "failed": 50, "uncertain": 0}
     assert summary.destinations["accepted"] == 1500 and summary.attempts == 200
-    assert elapsed < 20, f"400 transitions took {elapsed:.1f}s"  # ~100/s needed; typically well under 1 s
+    records = {r.batch_key: r for r in ledger.batch_records(CAMPAIGN)}
+    assert all(records[f"k{i}"].message_id == (f"m{i}" if i % 4 else None) for i in range(200))
 
 
-def test_hundred_thousand_destinations_insert_quickly(ledger: Ledger) -> None:
-    batches = [make_batch(i, count=1000) for i in range(100)]
-    started = time.perf_counter()
-    for batch in batches:
-        ledger.record_pending(CAMPAIGN, batch)
-    elapsed = time.perf_counter() - started
-    assert ledger.summary(CAMPAIGN).destinations["pending"] == 100_000
-    assert elapsed < 30, f"100k destinations took {elapsed:.1f}s"  # typically about 1 s
+def test_hundred_thousand_destinations_insert_with_one_commit_per_batch(ledger: Ledger) -> None:
+    """What keeps a large insert fast under synchronous=FULL: one fsynced transaction per
+    batch of 1000 destinations (or per record_pending_many call), never one per destination."""
+    statements: list[str] = []
+    connection = ledger._connection()
+    connection.set_trace_callback(statements.append)
+    try:
+        for i in range(90):
+            ledger.record_pending(CAMPAIGN, make_batch(i, count=1000))
+        ledger.record_pending_many(CAMPAIGN, [make_batch(i, count=1000) for i in range(90, 100)])
+    finally:
+        connection.set_trace_callback(None)
+    commits = [s for s in statements if s.strip().upper().startswith(("COMMIT", "END"))]
+    begins = [s for s in statements if s.strip().upper().startswith("BEGIN")]
+    assert (len(begins), len(commits)) == (91, 91)
+    summary = ledger.summary(CAMPAIGN)
+    assert summary.destinations["pending"] == 100_000 == summary.total_destinations
+    assert summary.total_batches == 100
 
 
 # --- crash durability -----------------------------------------------------------------

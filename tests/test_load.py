@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,15 +170,32 @@ def test_c_loader_is_used_when_present() -> None:
         assert load_module.LOADER is yaml.SafeLoader
 
 
-def test_both_loaders_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pure-Python fallback must give the same data and marks as libyaml."""
+WITHOUT_LIBYAML = """
+import pickle, sys
+from pathlib import Path
+import yaml
+del yaml.CSafeLoader  # PyYAML as installed without libyaml
+import runner.load
+assert runner.load.LOADER is yaml.SafeLoader, runner.load.LOADER
+document, diagnostics = runner.load.load_document(Path(sys.argv[1]), "c.yaml")
+assert diagnostics == [], diagnostics
+sys.stdout.buffer.write(pickle.dumps(
+    (document.data, document.value_positions, document.key_positions, document.raw_scalars)))
+"""
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="needs PyYAML built with libyaml to compare against")
+def test_both_loaders_agree(tmp_path: Path) -> None:
+    """The pure-Python fallback (what runner.load picks when PyYAML has no libyaml, run in
+    a process of its own) gives the same data and marks as libyaml."""
     text = CAMPAIGN + "extra: [1, 'two', {three: 3.0}, ~, '']\nflag: on\n"
-    results = []
-    for loader in (yaml.SafeLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-        monkeypatch.setattr(load_module, "LOADER", loader)
-        document = load_ok(tmp_path, text)
-        results.append((document.data, document.value_positions, document.key_positions, document.raw_scalars))
-    assert results[0] == results[1]
+    document = load_ok(tmp_path, text)
+    assert load_module.LOADER is yaml.CSafeLoader
+    with_libyaml = (document.data, document.value_positions, document.key_positions, document.raw_scalars)
+    done = subprocess.run([sys.executable, "-c", WITHOUT_LIBYAML, str(tmp_path / "campaign.yaml")],
+                          capture_output=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr.decode()
+    assert pickle.loads(done.stdout) == with_libyaml
 
 
 # --- scalars -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,26 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 YAML_ALPHABET = st.sampled_from(list(":-?[]{},#&*!|>'\"%@`~ \t\n\r.0123456789abcxyz+eE\\\x85\u2028\ufeff\x00é"))
 
 
-def check_result(result: tuple[SourceDocument | None, list[Any]]) -> None:
+# The line breaks YAML counts (and the loader's positions follow).
+YAML_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def check_result(result: tuple[SourceDocument | None, list[Any]], source: str | bytes) -> None:
     document, diagnostics = result
     assert document is not None or diagnostics, "no document must come with a reason"
+    text = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+    lines = YAML_BREAK.split(text.removeprefix("\ufeff"))
     for diagnostic in diagnostics:
         assert diagnostic.severity is Severity.ERROR
         assert diagnostic.location.file == "fuzz.yaml"
-        assert diagnostic.location.line >= 0 and diagnostic.location.col >= 0
+        # the whole file (0:0), or a place inside the text: a line that exists (or the end of
+        # stream just after it) and a column at most one past that line's end
+        line, col = diagnostic.location.line, diagnostic.location.col
+        if line == 0:
+            assert col == 0, diagnostic
+        else:
+            assert 1 <= line <= len(lines) + 1, (diagnostic, len(lines))
+            assert 1 <= col <= (len(lines[line - 1]) if line <= len(lines) else 0) + 1, diagnostic
         assert "\n" not in diagnostic.message
         assert diagnostic.rule != "load-internal-error", diagnostic.message
     if document is not None:
@@ -53,20 +67,20 @@ def assert_positions_cover(document: SourceDocument) -> None:
 @FUZZ
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
-    check_result(load_text(data, PATH))
+    check_result(load_text(data, PATH), data)
 
 
 @FUZZ
 @given(st.text(max_size=300))
 def test_arbitrary_text_never_raises(text: str) -> None:
-    check_result(load_text(text, PATH))
+    check_result(load_text(text, PATH), text)
 
 
 @FUZZ
 @given(st.text(YAML_ALPHABET, max_size=200))
 def test_yaml_like_text_never_raises(text: str) -> None:
-    check_result(load_text(text, PATH))
-    check_result(load_text(text.encode("utf-8", "surrogatepass"), PATH))
+    check_result(load_text(text, PATH), text)
+    check_result(load_text(text.encode("utf-8", "surrogatepass"), PATH), text.encode("utf-8", "surrogatepass"))
 
 
 # PyYAML's emitter mangles NEL and the Unicode line separators in keys; not our bug.

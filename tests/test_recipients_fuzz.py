@@ -36,7 +36,9 @@ def _read(content: bytes, fmt: str) -> None:
                 assert recipient.origin.file == path.name and recipient.origin.line >= 2 - (fmt == "jsonl")
         except CampaignError as error:
             assert error.exit_code == ExitCode.INVALID
-            assert error.message.startswith(f"{path.name}:") or error.message.startswith("campaign.yaml:7:11")
+            # the file exists, so the error is about its content: located in it, never at the campaign line
+            assert error.message.startswith(f"{path.name}:"), error.message
+            assert error.message.endswith(" [recipient-row]"), error.message
             assert "\n" not in error.message
 
 
