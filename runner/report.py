@@ -118,7 +118,7 @@ class TextReporter(Reporter):
 
     def status(self, result: LedgerSummary) -> None:
         s = result
-        self.write(f"campaign {s.campaign_id}: {s.runs} run{'s' * (s.runs != 1)}, {s.attempts} requests attempted")
+        self.write(f"campaign {s.campaign_id}: {_n(s.runs, 'run')}, {_n(s.attempts, 'request')} attempted")
         self.write("batches:      " + _tally(s.batches))
         self.write("destinations: " + _tally(s.destinations))
         if any(s.receipts.values()):
