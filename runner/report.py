@@ -58,7 +58,7 @@ class Reporter:
 
 
 def _counts(errors: int, warnings: int) -> str:
-    return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    return f"{_n(errors, 'error')}, {_n(warnings, 'warning')}"
 
 
 def diagnostic_json(diagnostic: Diagnostic) -> dict[str, Any]:
@@ -80,8 +80,7 @@ class TextReporter(Reporter):
         for diagnostic in result.diagnostics:
             self.write(str(diagnostic))
         verdict = "ok" if result.ok else "failed"
-        files = len(result.files)
-        self.write(f"{verdict}: {files} campaign file{'s' * (files != 1)} checked, "
+        self.write(f"{verdict}: {_n(len(result.files), 'campaign file')} checked, "
                    f"{_counts(result.error_count, result.warning_count)}")
 
     def plan(self, plan: Plan, *, show_all: bool) -> None:
@@ -91,7 +90,7 @@ class TextReporter(Reporter):
             console.print(_messages_table(plan))
         hidden = plan.summary.messages - len(plan.messages)
         if hidden > 0 and plan.messages:
-            console.print(f"... {hidden} more message{'s' * (hidden != 1)} (--all shows every one)")
+            console.print(f"... {_n(hidden, 'more message')} (--all shows every one)")
         for warning in plan.warnings:
             self.write(str(warning))
 
