@@ -114,6 +114,10 @@ class Compiler:
             {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables) if n in self.renderer.campaign_layer}
             if self.renderer is not None and self.text is not None and self.text.is_plain else {}
         )
+        # What every request of this campaign shares, built once rather than per batch
+        # (v2) or per destination (v1).
+        self._wire_text = self.text.wire_text() if self.text is not None and self.text.is_plain else ""
+        self._extras = self._v1_extras() if api == "v1" else self._v2_extras()
         # `generated_correlation_id`, with the campaign's part hashed once.
         self._correlation_hash = hashlib.blake2b(f"{campaign.id}\x00".encode(), digest_size=8)
 
@@ -326,12 +330,12 @@ class Compiler:
                 body["substitutions"] = dict(c.substitutions)
         elif self.platform:
             assert self.text is not None and self.renderer is not None
-            body["content"] = {"type": self._content_type(first_encoding), "text": self.text.wire_text()}
+            body["content"] = {"type": self._content_type(first_encoding), "text": self._wire_text}
             if self._shared_values:
                 body["substitutions"] = dict(self._shared_values)
         else:
             body["content"] = {"type": self._content_type(first_encoding), "text": first_text}
-        body.update(self._v2_extras())
+        body.update(self._extras)
         return body
 
     def _v2_extras(self) -> dict[str, Any]:
@@ -373,7 +377,7 @@ class Compiler:
         body: dict[str, Any] = {"from": c.sender, "to": msisdn}
         if self.platform:
             assert self.text is not None and self.renderer is not None
-            body["content"] = self.text.wire_text()
+            body["content"] = self._wire_text
             values = {**self._shared_values, **own_values}
             if values:
                 body["substitutions"] = values
@@ -381,19 +385,25 @@ class Compiler:
             body["content"] = text
         body["contentType"] = self._content_type(Encoding(encoding))
         body["correlationId"] = correlation_id
-        if c.notify_url is not None:
-            body["callbackUrl"] = c.notify_url
-        if c.notify_url_auth_id is not None:
-            body["callbackUrlAuthId"] = c.notify_url_auth_id
-        if c.callback_data is not None:
-            body["callbackData"] = c.callback_data
-        if c.expire_at is not None:
-            body["expireAt"] = vendor_timestamp(c.expire_at)
-        if c.options is not None:
-            body["shortenUrls"] = c.options.shorten_links
-            body["shortUrlDomain"] = c.options.domain
-            body["trackShortUrlClicks"] = c.options.track_clicks
+        body.update(self._extras)
         return body
+
+    def _v1_extras(self) -> dict[str, Any]:
+        c = self.campaign
+        extras: dict[str, Any] = {}
+        if c.notify_url is not None:
+            extras["callbackUrl"] = c.notify_url
+        if c.notify_url_auth_id is not None:
+            extras["callbackUrlAuthId"] = c.notify_url_auth_id
+        if c.callback_data is not None:
+            extras["callbackData"] = c.callback_data
+        if c.expire_at is not None:
+            extras["expireAt"] = vendor_timestamp(c.expire_at)
+        if c.options is not None:
+            extras["shortenUrls"] = c.options.shorten_links
+            extras["shortUrlDomain"] = c.options.domain
+            extras["trackShortUrlClicks"] = c.options.track_clicks
+        return extras
 
 
 def _items_of(compiled: Iterable[Compiled]) -> Iterator[_Item]:
