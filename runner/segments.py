@@ -87,7 +87,10 @@ def count(text: str, encoding: Encoding | None = None) -> SegmentCount:
     if encoding is not Encoding.UCS2:
         hit = _NOT_BASIC.search(text)
         if hit is None:
-            return _gsm7_count(len(text), text, has_extension=False)
+            units = len(text)
+            if units <= GSM7_SINGLE_LIMIT:  # nearly every message: skip the call below
+                return _GSM7_SINGLE[units]
+            return _gsm7_count(units, text, has_extension=False)
         start = hit.start()
         bad = _NOT_GSM7.search(text, start)
         if bad is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,6 +83,44 @@ def test_both_strategies_give_every_recipient_the_same_text(tmp_path: Path) -> N
     assert not logic.platform
     local = {d.msisdn: b.body["content"]["text"] for b in logic.iter_batches() for d in b.destinations}
     assert local == expected
+
+
+@pytest.mark.parametrize(("text", "first_values"), [
+    ("Hi {{ name }}, {{ tier }} at {{ store }}", {"name": "Ann", "tier": "gold"}),
+    ("{{ tier }}: {{ store }} for {{ name }} ({{ msisdn }})",  # a built-in: no row is common
+     {"msisdn": number(1), "name": "Ann", "tier": "gold"}),
+    ("Hi {{ name }}", {"name": "Ann"}),
+])
+def test_streamed_rows_compile_like_planned_recipients(tmp_path: Path, text: str, first_values: dict[str, str]) -> None:
+    """`compile`/`apply` read file rows through a fast path (only the text's columns, in
+    name order); `plan` reads whole `Recipient`s. Their requests must be byte-identical."""
+    write_csv(tmp_path / "a.csv", ["tier", "msisdn", "unused", "name"], [
+        ["gold", number(1), "x", "Ann"],  # the common row: its values are the personal ones
+        ["silver", number(2), "", "Bob"],
+        ["silver", number(4), "z", "Dee \u2019"],  # UCS-2
+        ["gold", number(1), "x", "Ann"],  # duplicate
+    ])
+    write_csv(tmp_path / "b.csv", ["msisdn", "name", "store", "tier"], [
+        [number(5), "Eve", "Fernway", "gold"],  # a value equal to the campaign's
+        [number(6), "Fay", "Online", ""],  # one overriding it; an empty cell: the source value shows
+    ])
+    (tmp_path / "c.jsonl").write_text(
+        f'{{"msisdn": "{number(7)}", "tier": "bronze", "name": "Gus", "extra": 1}}\n'
+        f'{{"name": "Hal", "tier": "gold", "msisdn": "{number(8)}"}}\n', encoding="utf-8")
+    campaign = campaign_from(tmp_path, {
+        "content": {"text": text},
+        "substitutions": {"store": "Fernway"},
+        "recipients": [{"file": "a.csv"}, {"file": "b.csv", "substitutions": {"tier": "source"}},
+                       {"file": "c.jsonl"}, {"msisdn": number(9), "substitutions": {"name": "Ivy", "tier": "vip"}}],
+        "throughput": {"tps": 3},
+    })
+    streamed = [batch.wire for batch in Compiler(campaign).iter_batches()]
+    planner = Compiler(campaign)
+    planned = [batch.wire for batch in planner.iter_batches(planner.iter_compiled())]
+    assert streamed == planned
+    assert len(streamed) == 4  # 7 GSM-7 messages in batches of 3, 1 UCS-2
+    first = json.dumps({"msisdn": [number(1)], "substitutions": first_values}, separators=(",", ":"))[:-1]
+    assert first in streamed[0]  # values in name order
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
