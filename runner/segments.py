@@ -65,8 +65,12 @@ _ASTRAL = re.compile("[\U00010000-\U0010ffff]")  # two UTF-16 code units each
 # SegmentCount is frozen, so one-segment results can be shared; building a frozen
 # dataclass costs about as much as the regex search, and nearly every message is
 # a single segment.
-_GSM7_SINGLE = tuple(SegmentCount(Encoding.GSM7, u, 1) for u in range(GSM7_SINGLE_LIMIT + 1))
-_UCS2_SINGLE = tuple(SegmentCount(Encoding.UCS2, u, 1) for u in range(UCS2_SINGLE_LIMIT + 1))
+# Enum members as module constants: `Encoding.UCS2` is a class attribute lookup through
+# the enum machinery, four times the cost of a global, once per message.
+_GSM7, _UCS2 = Encoding.GSM7, Encoding.UCS2
+
+_GSM7_SINGLE = tuple(SegmentCount(_GSM7, u, 1) for u in range(GSM7_SINGLE_LIMIT + 1))
+_UCS2_SINGLE = tuple(SegmentCount(_UCS2, u, 1) for u in range(UCS2_SINGLE_LIMIT + 1))
 
 
 def is_gsm7(text: str) -> bool:
@@ -84,7 +88,7 @@ def count(text: str, encoding: Encoding | None = None) -> SegmentCount:
     characters that would be lost: callers decide what to do with them first
     (`non_gsm7`, `gsm7_replacement`). Forcing UCS-2 counts a GSM text as UCS-2,
     since that is what `type: unicode` sends."""
-    if encoding is not Encoding.UCS2:
+    if encoding is not _UCS2:
         hit = _NOT_BASIC.search(text)
         if hit is None:
             units = len(text)
@@ -96,7 +100,7 @@ def count(text: str, encoding: Encoding | None = None) -> SegmentCount:
         if bad is None:
             units = len(text) + len(_EXTENSION.findall(text, start))
             return _gsm7_count(units, text, has_extension=True)
-        if encoding is Encoding.GSM7:
+        if encoding is _GSM7:
             raise ValueError(
                 f"text is not GSM-7 encodable: {bad.group()!r} (U+{ord(bad.group()):04X}) at index {bad.start()}"
             )
@@ -108,7 +112,7 @@ def count(text: str, encoding: Encoding | None = None) -> SegmentCount:
         segments = -(-units // UCS2_PART_LIMIT)
     else:
         segments = _parts(text, _ASTRAL, UCS2_PART_LIMIT)
-    return SegmentCount(Encoding.UCS2, units, segments)
+    return SegmentCount(_UCS2, units, segments)
 
 
 def _gsm7_count(units: int, text: str, *, has_extension: bool) -> SegmentCount:
@@ -118,7 +122,7 @@ def _gsm7_count(units: int, text: str, *, has_extension: bool) -> SegmentCount:
         segments = -(-units // GSM7_PART_LIMIT)
     else:
         segments = _parts(text, _EXTENSION, GSM7_PART_LIMIT)
-    return SegmentCount(Encoding.GSM7, units, segments)
+    return SegmentCount(_GSM7, units, segments)
 
 
 def _parts(text: str, doubles: re.Pattern[str], limit: int) -> int:
