@@ -88,6 +88,8 @@ import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from common import write_audience, write_campaign  # noqa: E402
+
 CAMPAIGN_ID = "bench-compile"
 SENDER = "12025550100"
 TEXT = "Hi {{ name }}, your {{ tier }} offer: 20% off at {{ store }} https://shop.example.com"
@@ -119,31 +121,11 @@ def number(i: int) -> str:
 
 
 def generate(directory: Path, size: int) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    audience = directory / "audience.csv"
-    with audience.open("w", encoding="utf-8", newline="") as handle:
-        handle.write("msisdn,name,tier\n")
-        chunk: list[str] = []
-        for i in range(size):
-            chunk.append(f"{number(i)},{NAMES[i % len(NAMES)]},{TIERS[(i // 7) % len(TIERS)]}\n")
-            if len(chunk) == 10_000:
-                handle.write("".join(chunk))
-                chunk.clear()
-        handle.write("".join(chunk))
-    campaign = directory / "campaign.yaml"
-    campaign.write_text(
-        "version: 1\n"
-        f"id: {CAMPAIGN_ID}\n"
-        "description: compile benchmark\n"
-        f'from: "{SENDER}"\n'
-        "content:\n"
-        "  type: auto\n"
-        f'  text: "{TEXT}"\n'
-        f"substitutions: {{store: {STORE}}}\n"
-        "recipients: [{file: audience.csv}]\n"
-        "throughput: {tps: 1000}\n",
-        encoding="utf-8",
-    )
+    audience, campaign = directory / "audience.csv", directory / "campaign.yaml"
+    write_audience(audience, "msisdn,name,tier",
+                   (f"{number(i)},{NAMES[i % len(NAMES)]},{TIERS[(i // 7) % len(TIERS)]}\n" for i in range(size)))
+    write_campaign(campaign, campaign_id=CAMPAIGN_ID, description="compile benchmark", sender=SENDER,
+                   content_type="auto", text=TEXT, store=STORE, tps=BATCH)
     return campaign, audience
 
 

@@ -149,6 +149,8 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from common import write_audience, write_campaign  # noqa: E402
+
 CAMPAIGN_ID = "bench-send"
 SENDER = "12025550100"
 TEXT = "Hi {{ name }}, your offer at {{ store }}: https://shop.example.com"
@@ -180,31 +182,10 @@ RATE_WINDOW_NOTE = f"{RATE_WINDOW_SECONDS:g} s"
 
 
 def generate(directory: Path, size: int, tps: int) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    audience = directory / "audience.csv"
-    with audience.open("w", encoding="utf-8", newline="") as handle:
-        handle.write("msisdn,name\n")
-        chunk: list[str] = []
-        for i in range(size):
-            chunk.append(f"{number(i)},{NAMES[i % len(NAMES)]}\n")
-            if len(chunk) == 10_000:
-                handle.write("".join(chunk))
-                chunk.clear()
-        handle.write("".join(chunk))
-    campaign = directory / "campaign.yaml"
-    campaign.write_text(
-        "version: 1\n"
-        f"id: {CAMPAIGN_ID}\n"
-        "description: send benchmark\n"
-        f'from: "{SENDER}"\n'
-        "content:\n"
-        "  type: text\n"
-        f'  text: "{TEXT}"\n'
-        f"substitutions: {{store: {STORE}}}\n"
-        "recipients: [{file: audience.csv}]\n"
-        f"throughput: {{tps: {tps}}}\n",
-        encoding="utf-8",
-    )
+    audience, campaign = directory / "audience.csv", directory / "campaign.yaml"
+    write_audience(audience, "msisdn,name", (f"{number(i)},{NAMES[i % len(NAMES)]}\n" for i in range(size)))
+    write_campaign(campaign, campaign_id=CAMPAIGN_ID, description="send benchmark", sender=SENDER,
+                   content_type="text", text=TEXT, store=STORE, tps=tps)
     return campaign, audience
 
 
