@@ -320,8 +320,20 @@ class Compiler:
         for _, _, _, wire in self._iter_requests(None):
             yield wire
 
+    def tally(self, compiled: Iterable[Compiled] | None = None) -> CompileStats:
+        """Run the whole stream for its counters, every row read, checked and rendered,
+        but no request body built: what a plan needs."""
+        for _ in self._iter_groups(compiled):
+            pass
+        return self.stats
+
     def _iter_requests(self, compiled: Iterable[Compiled] | None) -> Iterator[tuple[int, list[_Item], dict[str, Any], str]]:
         """(index, members, body, wire) per request, in the order they fill."""
+        for index, members in self._iter_groups(compiled):
+            yield (index, members, *self._request(members))
+
+    def _iter_groups(self, compiled: Iterable[Compiled] | None) -> Iterator[tuple[int, list[_Item]]]:
+        """(index, members) per request, in the order they fill."""
         stream = self._iter_items() if compiled is None else _items_of(compiled)
         platform = self.platform
         size = self.size
@@ -336,14 +348,16 @@ class Compiler:
             members.append(item)
             if len(members) >= size:
                 del groups[group_key]
-                yield (index, members, *self._request(members))
-                index += 1
             elif len(groups) > MAX_OPEN_GROUPS:
-                oldest = groups.pop(next(iter(groups)))
-                yield (index, oldest, *self._request(oldest))
-                index += 1
+                members = groups.pop(next(iter(groups)))
+            else:
+                continue
+            self.stats.requests += 1
+            yield index, members
+            index += 1
         for members in groups.values():
-            yield (index, members, *self._request(members))
+            self.stats.requests += 1
+            yield index, members
             index += 1
 
     def _request(self, members: list[_Item]) -> tuple[dict[str, Any], str]:
@@ -359,7 +373,6 @@ class Compiler:
             gc.disable()
         try:
             body = self._v1_body(members[0]) if self.api == "v1" else self._v2_body(members)
-            self.stats.requests += 1
             # Serialised once: the same text is hashed into the key, written by `campaign
             # compile` and sent by `campaign apply`. check_circular=False: a body built
             # here holds no cycles, and the text is the same without the bookkeeping.

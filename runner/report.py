@@ -172,7 +172,7 @@ def _n(count: int, noun: str) -> str:
 
 
 def _tally(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{name} {count}" for name, count in counts.items() if count) or "none"
+    return ", ".join(f"{name} {count:,}" for name, count in counts.items() if count) or "none"
 
 
 def _escape_data(text: str) -> str:
@@ -266,19 +266,20 @@ def _duration(seconds: float) -> str:
 
 def _summary_rows(plan: Plan) -> list[tuple[str, str]]:
     s = plan.summary
-    encodings = ", ".join(f"{name} {count}" for name, count in s.encodings.items()) or "unknown"
+    encodings = ", ".join(f"{name} {count:,}" for name, count in s.encodings.items()) or "unknown"
     window = "immediately" if s.send_at is None else vendor_timestamp(s.send_at)
     if s.expires_at is not None:
         window += f" until {vendor_timestamp(s.expires_at)}"
     return [
         ("file", s.file),
         ("API", f"{s.api} ({s.strategy} personalisation)"),
-        ("recipients", f"{s.recipients} ({s.rows_read} read, {s.duplicates} duplicates dropped, {s.excluded} excluded)"),
-        ("requests", f"{s.requests} (up to {s.batch_size} destinations each)"),
-        ("messages", str(s.messages)),
-        ("segments", "unknown (template without preview)" if s.segments is None else str(s.segments)),
+        ("recipients", f"{s.recipients:,} ({s.rows_read:,} read, {s.duplicates:,} duplicates dropped, "
+                       f"{s.excluded:,} excluded)"),
+        ("requests", f"{s.requests:,} (up to {s.batch_size:,} destinations each)"),
+        ("messages", f"{s.messages:,}"),
+        ("segments", "unknown (template without preview)" if s.segments is None else f"{s.segments:,}"),
         ("encoding", encodings),
-        ("send time", f"about {_duration(s.estimated_seconds)} at {s.tps} TPS"),
+        ("send time", f"about {_duration(s.estimated_seconds)} at {s.tps:,} TPS"),
         ("schedule", window),
     ]
 

@@ -497,7 +497,7 @@ def test_plan_markdown_is_bounded_for_3000_recipients(in_tmp: Path, show_all: bo
     out = result.stdout
     assert len(out) < 65_536
     assert "<details><summary>Messages (" in out and out.rstrip().endswith("</details>")
-    assert "| recipients | 3000 (3000 read, 0 duplicates dropped, 0 excluded) |" in out
+    assert "| recipients | 3,000 (3,000 read, 0 duplicates dropped, 0 excluded) |" in out
     if show_all:
         assert "more rows cut to fit a comment_" in out
     else:
