@@ -68,7 +68,8 @@ def _check(size: int) -> None:
 
 
 def _timeline(url: str) -> None:
-    """(first acceptance time, destinations) per accepted request, from the sandbox's store."""
+    """(arrival time, destinations) per accepted request, from the sandbox's store: the
+    arrival is what the sandbox's TPS limit counts (acceptance comes after the latency)."""
     import json
     import urllib.request
 
@@ -78,7 +79,7 @@ def _timeline(url: str) -> None:
     count: dict[str, int] = {}
     for message in messages:
         key = message.get("idempotencyKey") or message["messageId"]
-        first[key] = min(first.get(key, message["acceptedAt"]), message["acceptedAt"])
+        first[key] = min(first.get(key, message["arrivedAt"]), message["arrivedAt"])
         count[key] = count.get(key, 0) + 1
     print(json.dumps(sorted((first[k], count[k]) for k in first)))
 
@@ -382,12 +383,12 @@ def run_naive(directory: Path, audience: Path, sandbox: SandboxProcess, count: i
 
 @dataclass
 class Pacing:
-    span: float  # first to last accepted request, seconds
-    peak: int  # most destinations accepted within any 1 s
+    span: float  # first to last arrival of an accepted request, seconds
+    peak: int  # most destinations arriving (and accepted) within any 1 s
 
 
 def pacing(timeline: list[tuple[float, int]]) -> Pacing | None:
-    """How the sandbox saw the sends: over how long, and the fullest second."""
+    """How the sandbox saw the sends arrive: over how long, and the fullest second."""
     if not timeline:
         return None
     span = timeline[-1][0] - timeline[0][0]
@@ -486,8 +487,8 @@ def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: Naive
           f"{apply.child.cpu / proc_wall * 100:.0f}% of one core over the process wall")
     p = pacing(apply.child.timeline)
     if p is not None:
-        print(f"  as the sandbox saw it: first to last accepted request {p.span:.2f} s; most destinations "
-              f"accepted in any 1 s: {p.peak:,} (limit {tps:,})")
+        print(f"  as the sandbox saw it: accepted requests arrived over {p.span:.2f} s; most destinations "
+              f"arriving in any 1 s: {p.peak:,} (limit {tps:,})")
         print(f"  note: N / elapsed includes the first second's burst: a sliding window lets {tps:,} go at t=0, so "
               f"a perfect limiter with a {RATE_WINDOW_NOTE} window reads about "
               f"{_ideal_ratio(args.recipients, tps, args.latency):.3f} x tps here, evenly spaced sends about "

@@ -128,12 +128,13 @@ class StoredMessage:
     api: str
     idempotency_key: str | None
     segments: int
-    accepted_at: float
+    accepted_at: float  # epoch seconds, when stored
+    arrived_at: float  # epoch seconds, when its request's headers were in (what the TPS limit counts)
 
     def as_json(self) -> dict[str, Any]:
         return {"messageId": self.message_id, "msisdn": self.msisdn, "correlationId": self.correlation_id,
                 "text": self.text, "api": self.api, "idempotencyKey": self.idempotency_key,
-                "segments": self.segments, "acceptedAt": self.accepted_at}
+                "segments": self.segments, "acceptedAt": self.accepted_at, "arrivedAt": self.arrived_at}
 
 
 # --- answers and refusals ----------------------------------------------------------
@@ -427,8 +428,9 @@ class Sandbox:
     def _store(self, api: str, plan: Plan, key: str | None, fingerprint: str, *, drop: bool,
                arrived: float) -> _Answer:
         message_id, stamp, accepted_at = str(uuid.uuid4()), _now_iso(), time.time()
+        arrived_at = accepted_at - (time.monotonic() - arrived)
         stored = [StoredMessage(message_id, msisdn, correlation, text, api, key,
-                                count_segments(text, plan.encoding).segments, accepted_at)
+                                count_segments(text, plan.encoding).segments, accepted_at, arrived_at)
                   for msisdn, correlation, text in plan.destinations]
         self._messages.extend(stored)
         if api == "v2":

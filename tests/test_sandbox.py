@@ -230,7 +230,9 @@ def test_v2_success_shape(start: Start) -> None:
     assert uuid.UUID(body["messageId"]).version == 4
     assert (body["correlationId"], body["status"]) == ("c-1", "queued")
     [stored] = sandbox.messages()
-    assert stored == StoredMessage(body["messageId"], A, "c-1", "Hello", "v2", None, 1, stored.accepted_at)
+    assert stored == StoredMessage(body["messageId"], A, "c-1", "Hello", "v2", None, 1, stored.accepted_at,
+                                   stored.arrived_at)
+    assert stored.arrived_at <= stored.accepted_at
 
 
 def test_v2_answers_empty_correlation_id_when_none_given(start: Start) -> None:
@@ -579,7 +581,7 @@ def test_inspection_endpoints(start: Start) -> None:
     client.post(vendor.V2_MESSAGES_PATH, json=v2(), headers=headers)
     [message] = client.get("/_sandbox/messages").json()
     assert set(message) == {"messageId", "msisdn", "correlationId", "text", "api", "idempotencyKey", "segments",
-                            "acceptedAt"}
+                            "acceptedAt", "arrivedAt"}
     assert (message["msisdn"], message["idempotencyKey"], message["api"]) == (A, "i-1", "v2")
     stats = client.get("/_sandbox/stats").json()
     assert (stats["requests"], stats["accepted_requests"], stats["accepted_messages"]) == (1, 1, 1)
