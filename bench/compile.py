@@ -132,7 +132,7 @@ def generate(directory: Path, size: int) -> tuple[Path, Path]:
 def check_numbers(size: int, sample: int = 2000) -> None:
     """The generated numbers must be ones compile accepts unchanged, or the run would
     stop at the first bad row (or measure a different audience than the floor)."""
-    from runner.recipients import normalise_msisdn
+    from runner.msisdn import normalise_msisdn
 
     rng = random.Random(size)
     picks = {0, size - 1, *(rng.randrange(size) for _ in range(sample))}
@@ -188,7 +188,7 @@ def dedupe_set_mb(size: int) -> tuple[float, float]:
     and for comparison a Python set of the same ints."""
     import tracemalloc
 
-    from runner.recipients import NumberSet
+    from runner.msisdn import NumberSet
 
     numbers = [int(number(i)) for i in range(size)]
     tracemalloc.start()

@@ -57,7 +57,7 @@ def number(i: int) -> str:
 
 
 def _check(size: int) -> None:
-    from runner.recipients import normalise_msisdn
+    from runner.msisdn import normalise_msisdn
 
     for i in range(size):
         raw = number(i)

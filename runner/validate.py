@@ -34,7 +34,6 @@ from .model import (
     ExcludeSource,
     InlineRecipient,
     JsonPath,
-    Location,
     Options,
     RecipientFile,
     RecipientSource,
@@ -43,7 +42,8 @@ from .model import (
     SourceDocument,
     Template,
 )
-from .recipients import check_source_readable, invalid_reason, normalise_msisdn, source_columns
+from .msisdn import invalid_reason, normalise_msisdn
+from .recipients import check_source_readable, source_columns
 from .render import BUILTIN_VARIABLES, compile_text
 
 DEFAULT_TPS = 10

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from runner import vendor
-from runner.sandbox import Sandbox, SandboxSettings, StoredMessage, serve
+from runner.sandbox import Sandbox, SandboxSettings, StoredMessage
 
 KEY = "service-key-123"
 SECRET = base64.b64encode(b"the service secret").decode()
