@@ -12,9 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from .compile import Compiler
 from .errors import CampaignError, ExitCode
@@ -22,21 +20,22 @@ from .model import Api, Campaign
 from .plan import DEFAULT_SHOWN, build_plan
 from .validate import load_campaign, validate_paths
 
+# The sending side (httpx, the ledger, the sandbox server) and the reporters (rich) are
+# imported where they are used, so `validate`, `plan` and `compile` in a pipeline do not
+# pay for loading what they do not run.
+if TYPE_CHECKING:
+    from .client import Credentials
+    from .ledger import Ledger
+    from .report import Reporter
+    from .sandbox import Sandbox
+
+
 def _reporter(output_format: str, out: TextIO) -> Reporter:
     """The reporter for a format; `rich` is imported here, because `compile` has no use
     for it and a pipeline pays its import on every run."""
     from .report import REPORTER_BY_NAME
 
     return REPORTER_BY_NAME[output_format](out)
-
-
-# The sending side (httpx, the ledger, the sandbox server) is imported where it is used,
-# so `validate`, `plan` and `compile` in a pipeline do not pay for loading it.
-if TYPE_CHECKING:
-    from .report import Reporter
-    from .client import Credentials
-    from .ledger import Ledger
-    from .sandbox import Sandbox
 
 
 @dataclass(frozen=True)

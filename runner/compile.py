@@ -147,10 +147,10 @@ class Compiler:
         """What `iter_compiled` yields, as batching items.
 
         The common case, a file row of a plain-text campaign whose message is GSM-7, is
-        compiled inline here: at a million rows every call saved is a second of
-        compile time spread over many. Anything else (a missing variable, UCS-2, an
-        over-long text, inline recipients) goes through `_compile_item`, which gives
-        the same item or the error.
+        compiled inline here: at a million rows, each call saved per row is a tenth of
+        a second. Anything else (a missing variable, UCS-2, an over-long text, inline
+        recipients) goes through `_compile_item`, which gives the same item or the
+        error; tests compare the two paths byte for byte.
         """
         skip = self.skip
         compile_item = self._compile_item
@@ -528,8 +528,3 @@ def _replacement_hint(char: str) -> str:
     if fix is not None:
         return f"replace {char!r} with {fix!r}, or set content.type to unicode or auto"
     return "set content.type to unicode or auto"
-
-
-def body_line(batch: Batch) -> str:
-    """One JSON Lines record: compact, keys in the order built (deterministic)."""
-    return batch.json()

@@ -130,8 +130,7 @@ class Renderer:
         used = set(order)
         self._plain_format = "".join(part.replace("%", "%%") if isinstance(part, str) else "%s" for part in parts)
         self._plain_base = {name: value for name, value in self.campaign_layer.items() if name in used}
-        self._plain_builtins = ("msisdn" in used,
-                                "correlation_id" in used)
+        self._plain_builtins = ("msisdn" in used, "correlation_id" in used)
         self._plain_arguments = _getter(order)
         self._plain_variables = tuple(sorted(used & text.variables))
         # The own values that make a row common (see `render_plain`); None when the text

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.compile import Compiler, batch_size, body_line, generated_correlation_id
+from runner.compile import Compiler, batch_size, generated_correlation_id
 from runner.errors import CampaignError
 
 from .helpers import campaign_from, number, platform_text, write_csv
@@ -234,11 +234,11 @@ def test_batches_respect_min_of_1000_and_tps(tmp_path: Path, tps: int, recipient
 RUN_SCRIPT = """
 import sys
 from pathlib import Path
-from runner.compile import body_line, generated_correlation_id
+from runner.compile import generated_correlation_id
 from tests.test_compile import layered
 
 for batch in layered(Path(sys.argv[1])).iter_batches():
-    print(body_line(batch) + batch.key)
+    print(batch.json() + batch.key)
 print(generated_correlation_id("c", "+1"), generated_correlation_id("d", "+1"))
 """
 
@@ -255,7 +255,7 @@ def test_output_is_byte_identical_across_runs(tmp_path: Path) -> None:
         outputs.append(done.stdout.replace(str(folder).encode(), b"<folder>"))
     assert outputs[0] == outputs[1] == outputs[2]
     lines = outputs[0].decode().splitlines()
-    assert lines[:-1] == [body_line(b) + b.key for b in layered(tmp_path).iter_batches()]  # and this process's
+    assert lines[:-1] == [b.json() + b.key for b in layered(tmp_path).iter_batches()]  # and this process's
     assert lines[-1].split() == [generated_correlation_id("c", "+1"), generated_correlation_id("d", "+1")]
     assert len(set(lines[-1].split())) == 2  # the campaign id is part of the id
 
