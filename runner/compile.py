@@ -26,7 +26,7 @@ from . import segments, vendor
 from .errors import CampaignError
 from .model import Api, Batch, Campaign, Destination, Encoding, Message, Recipient, Scalar, SegmentCount
 from .recipients import KeptRow, RecipientStats, iter_kept, iter_recipients, kept_recipient
-from .render import CompiledText, Renderer, compile_text
+from .render import CompiledText, Renderer, compile_text, same_value
 
 MAX_OPEN_GROUPS = 512  # local strategy: distinct texts buffered before the oldest is flushed
 
@@ -119,8 +119,11 @@ class Compiler:
         # (v2) or per destination (v1).
         self._wire_text = self.text.wire_text() if self.text is not None and self.text.is_plain else ""
         self._extras = self._v1_extras() if api == "v1" else self._v2_extras()
-        # The file values compile reads: a text's variables (a template's are unknown).
-        self._columns = self.text.variables if self.text is not None and campaign.template is None else None
+        # The file values compile reads: a plain text's variables. A text with logic may
+        # read more than its free variables (`{% set name = name | upper %}`), and a
+        # template's names are unknown: those read every column.
+        self._columns = (self.text.variables
+                         if self.text is not None and self.text.is_plain and campaign.template is None else None)
         # `generated_correlation_id`, with the campaign's part hashed once.
         self._correlation_hash = hashlib.blake2b(f"{campaign.id}\x00".encode(), digest_size=8)
 
@@ -270,12 +273,18 @@ class Compiler:
         index = self.text.source.find(char)
         if index >= 0:
             return f"{self.text.location} (message text, character {index + 1})"
-        for layer, where in ((recipient.substitutions, str(recipient.origin)),
-                             (recipient.source_substitutions, str(recipient.origin)),
-                             (self.campaign.substitutions, str(self.campaign.source.locate(("substitutions",))))):
-            for name, value in layer.items():
-                if name in self.text.variables and char in str(value):
-                    return f"{where} (substitution '{name}')"
+        layers = ((recipient.substitutions, str(recipient.origin)),
+                  (recipient.source_substitutions, str(recipient.origin)),
+                  (self.campaign.substitutions, str(self.campaign.source.locate(("substitutions",)))))
+        # Names in text order and each one's value from the layer that wins, so the answer
+        # depends neither on the order of a file's columns nor on values a layer hides.
+        variables = self.text.variables
+        for name in [n for n in self.text.plain_names if n in variables] or sorted(variables):
+            for layer, where in layers:
+                if name in layer:
+                    if char in str(layer[name]):
+                        return f"{where} (substitution '{name}')"
+                    break
         return str(recipient.origin)
 
     def _own_values(self, recipient: Recipient, correlation_id: str) -> Mapping[str, Scalar]:
@@ -286,14 +295,14 @@ class Compiler:
             values = dict(recipient.source_substitutions)
             values.update(recipient.substitutions)
             shared = self.campaign.substitutions
-            return {k: v for k, v in values.items() if k not in shared or shared[k] != v}
+            return {k: v for k, v in values.items() if k not in shared or not same_value(shared[k], v)}
         assert self.text is not None and self.renderer is not None
         merged = self.renderer.values_for(recipient, correlation_id)
         base = self.renderer.campaign_layer
         return {
             name: merged[name]
             for name in sorted(self.text.variables)
-            if name in merged and (name not in base or base[name] != merged[name])
+            if name in merged and (name not in base or not same_value(base[name], merged[name]))
         }
 
     # --- batches ----------------------------------------------------------------

@@ -16,7 +16,8 @@ from phonenumbers import PhoneMetadata, PhoneNumberFormat
 
 # --- the numbers already seen -----------------------------------------------------
 
-# E.164 allows at most 15 digits, and 10**15 < 2**50.
+# E.164 allows at most 15 digits, and 10**15 < 2**50. libphonenumber accepts a few longer
+# numbers (German national numbers of up to 15 digits after +49): those go to a plain set.
 _NUMBER_BITS = 50
 _ENTRIES_PER_BUCKET = 64  # the fill aimed at: fuller buckets are slower, never wrong
 
@@ -34,7 +35,7 @@ class NumberSet:
     skipped and the search goes on.
     """
 
-    __slots__ = ("_buckets", "_entry", "_mask", "_shift")
+    __slots__ = ("_buckets", "_entry", "_long", "_mask", "_shift")
 
     def __init__(self, expected: int = 0, *, bits: int | None = None) -> None:
         """`expected`: about how many numbers will be added (it sizes the buckets);
@@ -45,6 +46,7 @@ class NumberSet:
         self._mask = (1 << bits) - 1
         self._entry = max(1, -(-(_NUMBER_BITS - bits) // 8))
         self._buckets = [bytearray() for _ in range(1 << bits)]
+        self._long: set[int] = set()  # numbers of 2**50 and more, which no entry can hold
 
     def _find(self, bucket: bytearray, entry: bytes, at: int) -> bool:
         """Whether `entry` is in `bucket`, given its first hit `at` (-1 for none)."""
@@ -55,27 +57,42 @@ class NumberSet:
 
     def __contains__(self, number: int) -> bool:
         bucket = self._buckets[number & self._mask]
-        entry = (number >> self._shift).to_bytes(self._entry, "big")
+        try:
+            entry = (number >> self._shift).to_bytes(self._entry, "big")
+        except OverflowError:
+            return number in self._long
         return self._find(bucket, entry, bucket.find(entry))
 
     def add(self, number: int) -> bool:
         """Add `number`; True when it was not in the set before."""
         bucket = self._buckets[number & self._mask]
-        entry = (number >> self._shift).to_bytes(self._entry, "big")
+        try:
+            entry = (number >> self._shift).to_bytes(self._entry, "big")
+        except OverflowError:
+            return self._add_long(number)
         at = bucket.find(entry)
         if at < 0 or not self._find(bucket, entry, at):  # no hit at all is the common case
             bucket += entry
             return True
         return False
 
+    def _add_long(self, number: int) -> bool:
+        if number < 0:
+            raise ValueError(f"not a phone number: {number}")
+        if number in self._long:
+            return False
+        self._long.add(number)
+        return True
+
     def __len__(self) -> int:
-        return sum(map(len, self._buckets)) // self._entry
+        return sum(map(len, self._buckets)) // self._entry + len(self._long)
 
     def __iter__(self) -> Iterator[int]:
         width, shift = self._entry, self._shift
         for low, bucket in enumerate(self._buckets):
             for at in range(0, len(bucket), width):
                 yield int.from_bytes(bucket[at : at + width], "big") << shift | low
+        yield from self._long
 
 
 # --- phone numbers ----------------------------------------------------------------

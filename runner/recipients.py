@@ -299,7 +299,8 @@ def expected_rows(sources: Iterable[object]) -> int:
                 size = os.fstat(handle.fileno()).st_size
         except OSError:
             continue  # reading it will say what is wrong
-        rows += size * (head.count(b"\n") + 1) // max(len(head), 1)
+        lines = head.count(b"\n") or len(head) // 12  # no line break at all: assume short rows
+        rows += size * max(lines, 1) // max(len(head), 1)
     return rows
 
 
@@ -348,10 +349,12 @@ def iter_kept(campaign: Campaign, stats: RecipientStats | None = None,
               columns: Collection[str] | None = None) -> Iterator[Recipient | KeptRow]:
     """`iter_recipients`, with file rows left as `KeptRow` tuples (see `kept_recipient`).
 
-    `columns`: the only file values a caller reads (a text's variables), kept in name
-    order; None keeps every value in file order (a template's variables are unknown).
+    `columns`: the only file values a caller reads (the names a plain text reads), kept
+    in name order; None keeps every value in file order. Counts are added to `stats`
+    when the stream ends or is closed.
     """
     counts = stats if stats is not None else RecipientStats()
+    dropped = RecipientStats()  # this stream's duplicates and exclusions
     excluded = load_excluded(campaign)
     any_excluded = len(excluded) > 0
     seen = NumberSet(expected_rows(campaign.recipients))
@@ -361,11 +364,11 @@ def iter_kept(campaign: Campaign, stats: RecipientStats | None = None,
         """True when this is the first sighting of a number not excluded; counts the rest."""
         key = int(msisdn)  # the same int as the digits: `int` reads the plus sign
         if any_excluded and key in excluded:
-            counts.excluded += 1
+            dropped.excluded += 1
             return False
         if first_sighting(key):
             return True
-        counts.duplicates += 1
+        dropped.duplicates += 1
         return False
 
     try:
@@ -386,13 +389,15 @@ def iter_kept(campaign: Campaign, stats: RecipientStats | None = None,
                 if (not any_excluded or key not in excluded) and first_sighting(key):
                     yield (msisdn, substitutions, shared, correlation_id, name, line)
                 elif any_excluded and key in excluded:
-                    counts.excluded += 1
+                    dropped.excluded += 1
                 else:
-                    counts.duplicates += 1
+                    dropped.duplicates += 1
     finally:
-        # Every admitted number was a first sighting: the rows kept are the set's size.
-        counts.accepted = len(seen)
-        counts.total_rows = counts.accepted + counts.duplicates + counts.excluded
+        accepted = len(seen)  # every admitted number was a first sighting
+        counts.accepted += accepted
+        counts.duplicates += dropped.duplicates
+        counts.excluded += dropped.excluded
+        counts.total_rows += accepted + dropped.duplicates + dropped.excluded
 
 
 # --- validate ---------------------------------------------------------------------

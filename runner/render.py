@@ -49,6 +49,12 @@ class CompiledText:
     def is_plain(self) -> bool:
         return self.plain_parts is not None
 
+    @property
+    def plain_names(self) -> tuple[str, ...]:
+        """The names a plain text reads, in text order, each once, smartlink tokens
+        included; empty for a text with logic."""
+        return tuple(dict.fromkeys(part.name for part in self.plain_parts or () if isinstance(part, Variable)))
+
     def wire_text(self) -> str:
         """The text with the platform's own placeholders, for platform-side personalisation."""
         if self.plain_parts is None:
@@ -116,10 +122,13 @@ class Renderer:
 
     def __init__(self, campaign: Campaign, text: CompiledText) -> None:
         self.text = text
+        # Smartlink tokens pass through verbatim for the platform, whatever a layer sets
+        # under the same name: they are applied last, over every layer.
+        self._smartlink_tokens = {f"{vendor.SMARTLINK_TOKEN_PREFIX}{sid}": smartlink_token(
+            f"{vendor.SMARTLINK_TOKEN_PREFIX}{sid}") for sid in text.smartlink_ids}
         self.campaign_layer: dict[str, Any] = {"campaign_id": campaign.id}
-        self.campaign_layer.update({f"{vendor.SMARTLINK_TOKEN_PREFIX}{sid}": smartlink_token(
-            f"{vendor.SMARTLINK_TOKEN_PREFIX}{sid}") for sid in text.smartlink_ids})
         self.campaign_layer.update(campaign.substitutions)
+        self.campaign_layer.update(self._smartlink_tokens)
         self._template = None if text.is_plain else ENVIRONMENT.from_string(text.source)
         # Plain texts: the text as a %-format (`%s` calls str(), like `_as_text`), and
         # what `render_plain` needs so that per recipient it makes C-level calls only:
@@ -147,6 +156,7 @@ class Renderer:
         values["correlation_id"] = correlation_id
         values.update(recipient.source_substitutions)
         values.update(recipient.substitutions)
+        values.update(self._smartlink_tokens)
         return values
 
     def render_plain(self, own: Mapping[str, Scalar], shared: Mapping[str, Scalar], msisdn: str,
@@ -170,6 +180,7 @@ class Renderer:
         if shared:
             values.update(shared)
         values.update(own)
+        values.update(self._smartlink_tokens)
         try:
             arguments = self._plain_arguments(values)
         except KeyError:
@@ -178,7 +189,7 @@ class Renderer:
         for name in self._plain_variables:  # a plain loop: twice as fast as dict(zip(...))
             personal[name] = values[name]
         for name, campaign_value in self._plain_overridable:
-            if personal[name] == campaign_value:
+            if same_value(personal[name], campaign_value):
                 del personal[name]
         return self._plain_format % arguments, personal
 
@@ -217,6 +228,12 @@ def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, 
         only = names[0]
         return lambda values: (values[only],)
     return itemgetter(*names) if names else lambda values: ()
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal and of one type: a row's `true` is not the campaign's `1` (Python says
+    True == 1), and the platform would print them differently."""
+    return type(a) is type(b) and a == b
 
 
 def _as_text(value: Scalar) -> str:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 
 from runner.compile import Compiler, batch_size, generated_correlation_id
 from runner.errors import CampaignError
+from runner.model import Campaign
+from runner.recipients import RecipientStats
 
 from .helpers import campaign_from, number, platform_text, write_csv
 
@@ -85,15 +88,33 @@ def test_both_strategies_give_every_recipient_the_same_text(tmp_path: Path) -> N
     assert local == expected
 
 
+def compile_both_ways(campaign: Campaign) -> tuple[Any, Any]:
+    """What compile/apply's streaming path gives (file rows read for only the text's
+    columns, common rows compiled inline) and what plan's `Recipient` path gives: the
+    request bodies and every counter, or the error. Both must always be the same."""
+    outcomes = []
+    for planned in (False, True):
+        compiler = Compiler(campaign)
+        try:
+            batches = compiler.iter_batches(compiler.iter_compiled()) if planned else compiler.iter_batches()
+            wires = [batch.wire for batch in batches]
+        except CampaignError as error:
+            outcomes.append(("error", error.message, error.hint))
+            continue
+        s = compiler.stats
+        outcomes.append((wires, s.messages, s.segments, s.by_encoding, s.requests, s.ucs2_causes, s.recipients))
+    return outcomes[0], outcomes[1]
+
+
 @pytest.mark.parametrize(("text", "first_values"), [
     ("Hi {{ name }}, {{ tier }} at {{ store }}", {"name": "Ann", "tier": "gold"}),
     ("{{ tier }}: {{ store }} for {{ name }} ({{ msisdn }})",  # a built-in: no row is common
      {"msisdn": number(1), "name": "Ann", "tier": "gold"}),
     ("Hi {{ name }}", {"name": "Ann"}),
+    ("{% set name = name | upper %}Hi {{ name }}, {{ tier }}", None),  # logic that reads a column it sets
 ])
-def test_streamed_rows_compile_like_planned_recipients(tmp_path: Path, text: str, first_values: dict[str, str]) -> None:
-    """`compile`/`apply` read file rows through a fast path (only the text's columns, in
-    name order); `plan` reads whole `Recipient`s. Their requests must be byte-identical."""
+def test_streamed_rows_compile_like_planned_recipients(tmp_path: Path, text: str,
+                                                       first_values: dict[str, str] | None) -> None:
     write_csv(tmp_path / "a.csv", ["tier", "msisdn", "unused", "name"], [
         ["gold", number(1), "x", "Ann"],  # the common row: its values are the personal ones
         ["silver", number(2), "", "Bob"],
@@ -114,13 +135,69 @@ def test_streamed_rows_compile_like_planned_recipients(tmp_path: Path, text: str
                        {"file": "c.jsonl"}, {"msisdn": number(9), "substitutions": {"name": "Ivy", "tier": "vip"}}],
         "throughput": {"tps": 3},
     })
-    streamed = [batch.wire for batch in Compiler(campaign).iter_batches()]
-    planner = Compiler(campaign)
-    planned = [batch.wire for batch in planner.iter_batches(planner.iter_compiled())]
+    streamed, planned = compile_both_ways(campaign)
     assert streamed == planned
-    assert len(streamed) == 4  # 7 GSM-7 messages in batches of 3, 1 UCS-2
+    wires = streamed[0]
+    if first_values is None:  # rendered here: Ann's own text, upper-cased by the template
+        assert '"text":"Hi ANN, gold"' in wires[0]
+        return
+    assert len(wires) == 4  # 7 GSM-7 messages in batches of 3, 1 UCS-2
     first = json.dumps({"msisdn": [number(1)], "substitutions": first_values}, separators=(",", ":"))[:-1]
-    assert first in streamed[0]  # values in name order
+    assert first in wires[0]  # values in name order
+
+
+def test_smartlink_tokens_pass_through_whatever_a_column_says(tmp_path: Path) -> None:
+    """A column (or any layer) named like a token does not replace it: the platform puts
+    the link there. Both paths agree, and the message stays GSM-7."""
+    write_csv(tmp_path / "a.csv", ["msisdn", "name", "smartlink_4371"], [[number(1), "Ann", "\u2019"],
+                                                                        [number(2), "Bob", ""]])
+    campaign = campaign_from(tmp_path, {
+        "content": {"text": "Hi {{ name }} {{ smartlink_4371 }}"},
+        "substitutions": {"smartlink_4371": "campaign"},
+        "smartlinks": [{"smartlinkId": "4371"}],
+        "recipients": [{"file": "a.csv"}],
+    })
+    streamed, planned = compile_both_ways(campaign)
+    assert streamed == planned
+    assert streamed[3] == {"GSM-7": 2}
+    assert [m.text for m in Compiler(campaign).iter_messages()] == ["Hi Ann {{smartlink_4371}}",
+                                                                    "Hi Bob {{smartlink_4371}}"]
+
+
+def test_character_errors_name_the_first_variable_in_the_text(tmp_path: Path) -> None:
+    """Not the first column of the file: the answer must not depend on column order."""
+    write_csv(tmp_path / "a.csv", ["msisdn", "zeta", "alpha"], [[number(1), "z\u2019", "a\u2019"]])
+    campaign = campaign_from(tmp_path, {
+        "content": {"type": "text", "text": "{{ zeta }} {{ alpha }}"},
+        "recipients": [{"file": "a.csv"}],
+    })
+    streamed, planned = compile_both_ways(campaign)
+    assert streamed == planned
+    assert "a.csv:2 (substitution 'zeta'): error: content type is text" in streamed[1]
+
+
+def test_numbers_longer_than_e164_are_deduplicated(tmp_path: Path) -> None:
+    """libphonenumber accepts some German numbers of 17 digits: above what a NumberSet
+    entry holds, so they take its overflow path."""
+    long_number = "+4940604876475938"
+    write_csv(tmp_path / "a.csv", ["msisdn"], [[long_number], [number(1)], [long_number]])
+    campaign = campaign_from(tmp_path, {"content": {"text": "hi"}, "recipients": [{"file": "a.csv"}]})
+    streamed, planned = compile_both_ways(campaign)
+    assert streamed == planned
+    assert streamed[6] == RecipientStats(total_rows=3, duplicates=1, accepted=2)
+    assert f'"msisdn":["{long_number}"]' in streamed[0][0]
+
+
+def test_a_true_value_is_not_the_campaigns_1(tmp_path: Path) -> None:
+    """Python says True == 1; the platform would print `true` and `1` differently."""
+    (tmp_path / "a.jsonl").write_text(f'{{"msisdn": "{number(1)}", "flag": true}}\n'
+                                      f'{{"msisdn": "{number(2)}", "flag": 1}}\n', encoding="utf-8")
+    campaign = campaign_from(tmp_path, {"content": {"text": "{{ flag }}"}, "substitutions": {"flag": 1},
+                                        "recipients": [{"file": "a.jsonl"}]})
+    streamed, planned = compile_both_ways(campaign)
+    assert streamed == planned
+    [body] = [json.loads(wire) for wire in streamed[0]]
+    assert [entry.get("substitutions") for entry in body["to"]] == [{"flag": True}, None]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

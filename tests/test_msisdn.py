@@ -181,3 +181,13 @@ def test_number_set_takes_about_five_bytes_a_number() -> None:
         tracemalloc.stop()
     assert len(seen) == len(numbers)
     assert size < 8 * len(numbers)  # a Python set of these ints: about 60 bytes each
+
+
+def test_number_set_keeps_numbers_longer_than_its_entries() -> None:
+    """libphonenumber accepts a few numbers above E.164's 15 digits (+49 ...)."""
+    seen = NumberSet(bits=10)
+    long_number, short = 4940604876475938, 447400123456
+    assert seen.add(long_number) and seen.add(short)
+    assert long_number in seen and not seen.add(long_number)
+    assert 4940604876475939 not in seen
+    assert set(seen) == {long_number, short} and len(seen) == 2

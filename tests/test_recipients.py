@@ -250,6 +250,16 @@ def test_stats_argument_is_optional(tmp_path: Path) -> None:
     assert [r.msisdn for r in iter_recipients(campaign)] == ["+447400123456"]
 
 
+def test_stats_add_up_over_two_streams(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.csv", "msisdn\n+447400123456\n+14155552671\n")
+    campaign = make_campaign(tmp_path, recipients=[file_source(path), inline("+447400123456")],
+                             exclude=[ExcludedNumber("+14155552671", Location(YAML, 9))])
+    stats = RecipientStats()
+    for _ in range(2):
+        list(iter_recipients(campaign, stats))
+    assert stats == RecipientStats(total_rows=6, duplicates=2, excluded=2, accepted=2)
+
+
 # --- errors -------------------------------------------------------------------------
 
 
