@@ -397,8 +397,8 @@ class Compiler:
     def _v2_body(self, members: list[_Item]) -> dict[str, Any]:
         c = self.campaign
         first_text, first_encoding = members[0][2], Encoding(members[0][4])
-        # Own values are a fresh dict per item (`_compile_item`, `_items_of`), so the
-        # body can hold them without another copy.
+        # Own values are a fresh dict per item (`render_plain`, `_own_values`,
+        # `_items_of`), so the body can hold them without another copy.
         to = [{"msisdn": [msisdn], "substitutions": own, "correlationId": correlation_id} if own
               else {"msisdn": [msisdn], "correlationId": correlation_id}
               for msisdn, correlation_id, _, own, _ in members]
