@@ -51,26 +51,23 @@ def start() -> Iterator[Start]:
         sandbox.stop()
 
 
-def v2(**changes: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"channel": "sms", "from": "12025550100",
-                            "to": [{"msisdn": [A], "correlationId": "c-1"}],
-                            "content": {"type": "text", "text": "Hello"}}
+def _changed(body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`body` with fields set by `changes`, or removed where the value is DROP."""
     for name, value in changes.items():
         if value is DROP:
             body.pop(name, None)
         else:
             body[name] = value
     return body
+
+
+def v2(**changes: Any) -> dict[str, Any]:
+    return _changed({"channel": "sms", "from": "12025550100", "to": [{"msisdn": [A], "correlationId": "c-1"}],
+                     "content": {"type": "text", "text": "Hello"}}, changes)
 
 
 def v1(**changes: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"from": "12025550100", "to": A, "content": "Hello", "correlationId": "c-1"}
-    for name, value in changes.items():
-        if value is DROP:
-            body.pop(name, None)
-        else:
-            body[name] = value
-    return body
+    return _changed({"from": "12025550100", "to": A, "content": "Hello", "correlationId": "c-1"}, changes)
 
 
 DROP = object()
