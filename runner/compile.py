@@ -150,15 +150,15 @@ class Compiler:
         """What `iter_compiled` yields, as batching items.
 
         The common case, a file row of a plain-text campaign whose message is GSM-7, is
-        compiled here without `_compile_item`'s branches, which audiences of a million
-        rows notice. Anything else (a missing variable, UCS-2, an over-long text,
-        inline recipients) goes through `_compile_item`, which gives the same item or
-        the error; tests compare the two paths byte for byte.
+        compiled inline here: at a million rows, each call saved per row is a tenth of
+        a second. Anything else (a missing variable, UCS-2, an over-long text, inline
+        recipients) goes through `_compile_item`, which gives the same item or the
+        error; tests compare the two paths byte for byte.
         """
         skip = self.skip
         compile_item = self._compile_item
         render_plain = self._plain.render_plain if self._plain is not None and self._wanted != "unicode" else None
-        correlation = self._generated_correlation_id
+        correlation_hash = self._correlation_hash
         count = segments.count
         stats = self.stats
         gsm7, longest = Encoding.GSM7, vendor.MAX_TEXT_CHARS
@@ -173,7 +173,11 @@ class Compiler:
                 if skip is not None and skip(msisdn):
                     continue
                 if render_plain is not None:
-                    correlation_id = kept[3] or correlation(msisdn)
+                    correlation_id = kept[3]
+                    if correlation_id is None:  # `_generated_correlation_id`, inlined
+                        digest = correlation_hash.copy()
+                        digest.update(msisdn.encode())
+                        correlation_id = "cr-" + digest.hexdigest()
                     rendered = render_plain(kept[1], kept[2], msisdn, correlation_id)
                     if rendered is not None:
                         text, personal = rendered

@@ -385,8 +385,13 @@ def iter_kept(campaign: Campaign, stats: RecipientStats | None = None,
                 msisdn = normalise_msisdn(raw)
                 if msisdn is None:
                     raise _error(Location(name, line), invalid_reason(raw))
-                if admit(msisdn):
+                key = int(msisdn)  # `admit`, inlined
+                if (not any_excluded or key not in excluded) and first_sighting(key):
                     yield (msisdn, substitutions, shared, correlation_id, name, line)
+                elif any_excluded and key in excluded:
+                    dropped.excluded += 1
+                else:
+                    dropped.duplicates += 1
     finally:
         accepted = len(seen)  # every admitted number was a first sighting
         counts.accepted += accepted
