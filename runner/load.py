@@ -414,6 +414,8 @@ def _syntax_error(error: MarkedYAMLError, text: str, name: str) -> Diagnostic:
             "YAML indentation must use spaces, not tabs",
         )
     message = " ".join((error.problem or error.context or "invalid YAML").split())
+    if "maximum nesting depth" in message:  # libyaml's own limit (PyYAML >= 6.0.3 wheels) met first
+        return _too_deep(_loc(name, mark))
     hint = None
     if "mapping values are not allowed" in message:
         hint = "a value that contains ': ' must be quoted"
