@@ -11,20 +11,234 @@ values per destination) instead of sending one request per distinct text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Namespace
 
 from . import vendor
 from .errors import CampaignError, ExitCode
 from .model import Campaign, Location, Recipient, Scalar
 
-ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+# --- what a template may cost ---------------------------------------------------------
+# A text comes from a pull request and is rendered once per recipient: a template that
+# builds a gigabyte string or a number with billions of digits would stall plan and apply
+# (and pass validate, which only parses). Every operation that can grow a value faster
+# than the template's own length is checked BEFORE it runs, against these limits.
+
+MAX_VALUE_CHARS = 65_536  # any string or list a template builds, and the rendered text
+MAX_RENDERED_CHARS = 65_536  # far above the API's 1024 (its own `text-length` error)
+MAX_INT_DIGITS = 4_300  # Python's own limit for int <-> str conversions
+MAX_RANGE = 10_000  # items of one range()
+MAX_LOOP_STEPS = 100_000  # range() items iterated in one rendering, nested loops included
+
+_INT_BITS = int(MAX_INT_DIGITS * 3.33)
+_DIGIT_RUN = re.compile(r"\d+")
+
+
+class TemplateCostError(SecurityError):
+    """A template asked for more than a message can need; refused before the work."""
+
+
+def _size(value: Any) -> int:
+    """Characters a value stands for: a string's length, a list's items plus its strings'."""
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return len(value) + sum(len(item) for item in value if isinstance(item, (str, bytes, list, tuple)))
+    return 0
+
+
+def _refuse(what: str, size: int, limit: int = MAX_VALUE_CHARS) -> None:
+    if size > limit:
+        raise TemplateCostError(f"{what} would make about {size:,} characters; a template may build at most {limit:,}")
+
+
+def _digits(number: int) -> int:
+    return (abs(number).bit_length() * 10 + 32) // 33 + 1  # bits * log10(2), rounded up
+
+
+def _number(value: int) -> str:
+    """A number as a message may quote it: huge ones by their size."""
+    return str(value) if abs(value) < 10**15 else f"(a {_digits(value):,}-digit number)"
+
+
+def _check_format(fmt: Any, what: str) -> None:
+    """A width or precision in a format string ('%1000000000s', '{:>999999999}') is its output size."""
+    if isinstance(fmt, str):
+        for run in _DIGIT_RUN.findall(fmt):
+            if len(run) > 6 or int(run) > MAX_VALUE_CHARS:
+                _refuse(f"{what} width {run}", int(run) if len(run) < 30 else 10**30)
+
+
+def _check_binop(operator_name: str, left: Any, right: Any) -> None:
+    ints = isinstance(left, int) and isinstance(right, int)
+    if operator_name == "**" and ints:
+        if abs(left) > 1 and right > 0:
+            bits = max(abs(left).bit_length() - 1, 1) * min(right, 10**30)
+            if bits > _INT_BITS:
+                raise TemplateCostError(f"{_number(left)} ** {_number(right)} would have about {bits * 3 // 10:,} digits; "
+                                        f"a template may make numbers of at most {MAX_INT_DIGITS:,} digits")
+    elif operator_name == "*":
+        if ints:
+            if _digits(left) + _digits(right) > MAX_INT_DIGITS:
+                raise TemplateCostError(f"a product of more than {MAX_INT_DIGITS:,} digits is refused")
+        elif isinstance(right, int) and not isinstance(right, bool):
+            _refuse("repeating a value", _size(left) * max(right, 0))
+        elif isinstance(left, int) and not isinstance(left, bool):
+            _refuse("repeating a value", _size(right) * max(left, 0))
+    elif operator_name == "+" and not ints:
+        _refuse("joining two values", _size(left) + _size(right))
+    elif operator_name == "%" and isinstance(left, str):
+        _check_format(left, "a '%' format")
+        arguments = right if isinstance(right, tuple) else (right,)
+        _refuse("a '%' format", len(left) + sum(_size(argument) for argument in arguments))
+
+
+class _CountedRange:
+    """range() whose iteration draws on the rendering's step budget, so nested loops of
+    small ranges cannot multiply into billions of steps."""
+
+    def __init__(self, environment: BoundedEnvironment, items: range) -> None:
+        self._environment = environment
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[int]:
+        for item in self._items:
+            self._environment.spend_step()
+            yield item
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._items[index]
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+class _BoundedNamespace(Namespace):
+    """`namespace()` whose attributes obey the value limit (`{% set ns.s = ns.s ~ ns.s %}` in a loop)."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _refuse(f"namespace attribute '{name}'", _size(value))
+        super().__setitem__(name, value)
+
+
+def _filter_check(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Estimate the output of the filters whose arguments can make it grow without bound."""
+    def arg(position: int, keyword: str, default: Any) -> Any:
+        return args[position] if len(args) > position else kwargs.get(keyword, default)
+
+    def number(given: Any) -> int:
+        return given if isinstance(given, int) else 0
+
+    text = str(value) if isinstance(value, (str, int, float)) else ""
+    if name == "center":
+        _refuse("center()", max(number(arg(0, "width", 80)), len(text)))
+    elif name == "indent":
+        width = arg(0, "width", 4)
+        pad = len(width) if isinstance(width, str) else number(width)
+        _refuse("indent()", len(text) + (text.count("\n") + 1) * pad)
+    elif name == "format":
+        _check_format(value, "format()")
+        _refuse("format()", len(text) + sum(_size(item) for item in (*args, *kwargs.values())))
+    elif name == "replace":
+        old, new = arg(0, "old", ""), arg(1, "new", "")
+        if isinstance(value, str) and isinstance(old, str) and isinstance(new, str):
+            hits = value.count(old) if old else len(value) + 1
+            _refuse("replace()", len(value) + hits * len(new))
+    elif name == "join":
+        separator = arg(0, "d", "")
+        if isinstance(value, (list, tuple)) and isinstance(separator, str):
+            _refuse("join()", _size(value) + len(value) * len(separator))
+    elif name == "wordwrap":
+        wrap = arg(2, "wrapstring", "\n")
+        wrap_len = len(wrap) if isinstance(wrap, str) else 1
+        _refuse("wordwrap()", len(text) * (1 + wrap_len))
+    elif name in ("batch", "slice"):
+        _refuse(f"{name}()", number(arg(0, "linecount" if name == "batch" else "slices", 1)))
+
+
+def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """The filter, with its output estimated first; keeps jinja2's pass_* marker (via `wraps`)."""
+    skip = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0
+
+    @functools.wraps(function)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _filter_check(name, args[skip] if len(args) > skip else None, args[skip + 1 :], kwargs)
+        return function(*args, **kwargs)
+
+    return bounded
+
+
+_GROWING_FILTERS = ("center", "indent", "format", "replace", "join", "wordwrap", "batch", "slice")
+_GROWING_STR_METHODS = {"center": "center", "ljust": "center", "rjust": "center", "zfill": "center",
+                        "replace": "replace", "join": "join", "format": "format", "format_map": "format",
+                        "expandtabs": "expandtabs"}
+
+
+class BoundedEnvironment(SandboxedEnvironment):
+    """jinja2's sandbox (no code execution) that also bounds what a template can cost:
+    repetition, power, concatenation and formatting results, range lengths and loop
+    steps, the growing filters and string methods. Every refusal is a `TemplateCostError`."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.globals["range"] = self._range
+        self.globals["namespace"] = _BoundedNamespace
+        for name in _GROWING_FILTERS:
+            self.filters[name] = _bounded_filter(name, self.filters[name])
+        self.steps_left = MAX_LOOP_STEPS
+
+    def spend_step(self) -> None:
+        self.steps_left -= 1
+        if self.steps_left < 0:
+            raise TemplateCostError(f"loops over range() took more than {MAX_LOOP_STEPS:,} steps in one message")
+
+    def _range(self, *args: int) -> _CountedRange:
+        items = range(*args)
+        if len(items) > MAX_RANGE:
+            raise TemplateCostError(f"range() of {len(items):,} items; a template may use at most {MAX_RANGE:,}")
+        return _CountedRange(self, items)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja2's names)
+        target = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
+        owner = getattr(target, "__self__", None)
+        kind = _GROWING_STR_METHODS.get(getattr(target, "__name__", ""))
+        if isinstance(owner, str) and kind is not None:
+            if kind == "center":
+                _refuse(f"str.{target.__name__}()", args[0] if args and isinstance(args[0], int) else 0)
+            elif kind == "expandtabs":
+                tab = args[0] if args and isinstance(args[0], int) else 8
+                _refuse("str.expandtabs()", len(owner) + owner.count("\t") * max(tab, 0))
+            elif kind == "join" and args and isinstance(args[0], (list, tuple)):
+                _refuse("str.join()", _size(args[0]) + len(args[0]) * len(owner))
+            else:
+                _filter_check(kind, owner, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+ENVIRONMENT = BoundedEnvironment(undefined=StrictUndefined, autoescape=False)
 # The lowest layer: every text may use these without defining them.
 BUILTIN_VARIABLES = frozenset({"campaign_id", "msisdn", "correlation_id"})
 
@@ -75,6 +289,14 @@ def smartlink_token(name: str) -> str:
     return "{{" + name + "}}"
 
 
+class TemplateSyntaxProblem(CampaignError):
+    """A text that does not parse, with the place inside it, so validate can point there."""
+
+    def __init__(self, message: str, location: Location, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.location = location
+
+
 def compile_text(text: str, location: Location) -> CompiledText:
     """Parse a message text once; syntax errors point at the line inside the text."""
     try:
@@ -82,20 +304,58 @@ def compile_text(text: str, location: Location) -> CompiledText:
     except TemplateSyntaxError as error:
         line = location.line + (error.lineno or 1) - 1 if location.line else 0
         where = Location(location.file, line, location.col if line == location.line else 0)
-        raise CampaignError(
-            f"{where}: error: template syntax: {error.message} [template-syntax]",
+        raise TemplateSyntaxProblem(
+            f"{where}: error: template syntax: {error.message} [template-syntax]", where,
             hint="message text uses Jinja2 syntax: {{ name }}, {% if ... %}",
         ) from None
+    for kind, name, lineno in _unknown_names(tree):
+        line = location.line + lineno - 1 if location.line else 0
+        col = _column_of(text, lineno, name)
+        if col and lineno == 1 and location.col:
+            col += location.col - 1  # on the value's own line (one more for a quoted value)
+        where = Location(location.file, line, col if line else 0)
+        close = difflib.get_close_matches(name, ENVIRONMENT.filters if kind == "filter" else ENVIRONMENT.tests, 3)
+        raise TemplateSyntaxProblem(
+            f"{where}: error: template syntax: no {kind} named '{name}' [template-syntax]", where,
+            hint=f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"see jinja2's built-in {kind}s",
+        )
     names = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"}
     smartlinks = {name for name in names if name.startswith(vendor.SMARTLINK_TOKEN_PREFIX)}
     assigned = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "store"}
     return CompiledText(
         source=text,
         location=location,
-        variables=frozenset(names - smartlinks - assigned),
+        # Globals (range, namespace, ...) are the environment's, not values to supply.
+        variables=frozenset(names - smartlinks - assigned - set(ENVIRONMENT.globals)),
         smartlink_ids=frozenset(name[len(vendor.SMARTLINK_TOKEN_PREFIX) :] for name in smartlinks),
         plain_parts=_plain_parts(tree),
     )
+
+
+def _template(text: CompiledText) -> Any:
+    try:
+        return ENVIRONMENT.from_string(text.source)
+    except TemplateSyntaxError as error:  # validate reports these first; a direct caller gets them here
+        raise CampaignError(f"{text.location}: error: template syntax: {error.message} [template-syntax]") from None
+
+
+def _unknown_names(tree: nodes.Template) -> Iterator[tuple[str, str, int]]:
+    """Filters and tests the environment does not have, as (kind, name, line in the text):
+    jinja2 finds some only when it renders (inside `{% if %}`), so validate looks itself."""
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        if isinstance(node, nodes.Filter) and node.name not in ENVIRONMENT.filters:
+            yield "filter", node.name, node.lineno
+        elif isinstance(node, nodes.Test) and node.name not in ENVIRONMENT.tests:
+            yield "test", node.name, node.lineno
+
+
+def _column_of(text: str, line: int, name: str) -> int:
+    """1-based column of `name` on `line` of a text (0 when not found)."""
+    lines = text.split("\n")
+    if not 0 < line <= len(lines):
+        return 0
+    match = re.search(rf"(?:\||\bis(?:\s+not)?)\s*{re.escape(name)}\b", lines[line - 1])
+    return match.end() - len(name) + 1 if match else 0
 
 
 def _plain_parts(tree: nodes.Template) -> tuple[str | Variable, ...] | None:
@@ -129,7 +389,7 @@ class Renderer:
         self.campaign_layer: dict[str, Any] = {"campaign_id": campaign.id}
         self.campaign_layer.update(campaign.substitutions)
         self.campaign_layer.update(self._smartlink_tokens)
-        self._template = None if text.is_plain else ENVIRONMENT.from_string(text.source)
+        self._template = None if text.is_plain else _template(text)
         # Plain texts: the text as a %-format (`%s` calls str(), like `_as_text`), and
         # what `render_plain` needs so that per recipient it makes C-level calls only:
         # the campaign layer's values of the names the text reads, a getter for the
@@ -202,11 +462,16 @@ class Renderer:
             except KeyError as missing:
                 raise self._missing(recipient, str(missing.args[0])) from None
         assert self._template is not None
+        ENVIRONMENT.steps_left = MAX_LOOP_STEPS
         try:
-            return self._template.render(values)
+            return _bounded_render(self._template.generate(values))
         except UndefinedError as error:
             name = _undefined_name(error)
             raise self._missing(recipient, name) from None
+        except TemplateCostError as error:
+            raise CampaignError(f"{self.text.location}: error: template too costly for {recipient.origin}: {error} "
+                                "[template-cost]",
+                                hint="a message needs neither huge repetitions, numbers nor loops") from None
         except SecurityError as error:
             raise CampaignError(f"{self.text.location}: error: template not allowed: {error} [template-sandbox]") from None
         except Exception as error:  # a template's own runtime error (e.g. division by zero)
@@ -220,6 +485,19 @@ class Renderer:
             exit_code=ExitCode.INVALID,
             hint=f"add '{name}' to the campaign substitutions, the source's substitutions, or this recipient",
         )
+
+
+def _bounded_render(pieces: Iterator[str]) -> str:
+    """The rendered text, stopped as soon as it passes `MAX_RENDERED_CHARS` (a loop that
+    prints a capped piece ten thousand times must not build the whole result first)."""
+    kept: list[str] = []
+    length = 0
+    for piece in pieces:
+        length += len(piece)
+        if length > MAX_RENDERED_CHARS:
+            raise TemplateCostError(f"the rendered text passes {MAX_RENDERED_CHARS:,} characters")
+        kept.append(piece)
+    return "".join(kept)
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

@@ -34,6 +34,7 @@ from .model import (
     ExcludeSource,
     InlineRecipient,
     JsonPath,
+    Location,
     Options,
     RecipientFile,
     RecipientSource,
@@ -283,8 +284,11 @@ def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
         try:
             compiled = compile_text(text, doc.locate(path))
         except CampaignError as error:
-            yield _diag(doc, path, error.message.split(": error: ", 1)[-1].rsplit(" [", 1)[0], "template-syntax",
-                        hint=error.hint)
+            diagnostic = _diag(doc, path, error.message.split(": error: ", 1)[-1].rsplit(" [", 1)[0],
+                               "template-syntax", hint=error.hint)
+            where = getattr(error, "location", None)  # the line inside the text, when known
+            yield Diagnostic(where, Severity.ERROR, diagnostic.message, diagnostic.rule, diagnostic.hint) \
+                if isinstance(where, Location) and where.line else diagnostic
             continue
         used_smartlinks |= compiled.smartlink_ids
         if path == ("content", "text"):
