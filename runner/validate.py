@@ -46,6 +46,7 @@ from .model import (
 from .msisdn import invalid_reason, normalise_msisdn
 from .recipients import check_source_readable, source_columns
 from .render import BUILTIN_VARIABLES, compile_text
+from .safe_text import control_characters
 
 DEFAULT_TPS = 10
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
@@ -170,6 +171,28 @@ def _check(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
     if schema_errors:
         return  # rules below assume the shape is right
     yield from _rule_checks(doc, now)
+    yield from _control_checks(doc, doc.data, ())
+
+
+def _control_checks(doc: SourceDocument, node: Any, path: JsonPath) -> Iterator[Diagnostic]:
+    """Strings of the file holding control characters (ESC, CR, bidi overrides...): an SMS
+    should not carry them, and on a terminal or in a review they hide what follows.
+    A warning that names the characters, never the value."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if isinstance(name, str) and control_characters(name):
+                yield _diag(doc, (*path, name), f"key holds control characters {', '.join(control_characters(name))}",
+                            "control-character", key=True, severity=Severity.WARNING)
+            yield from _control_checks(doc, value, (*path, name))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _control_checks(doc, item, (*path, index))
+    elif isinstance(node, str):
+        names = control_characters(node)
+        if names:
+            yield _diag(doc, path, f"value holds control character{'s' * (len(names) > 1)} {', '.join(names)}",
+                        "control-character", severity=Severity.WARNING,
+                        hint="an SMS should not carry control characters; write a line break as a real one")
 
 
 def _diag(doc: SourceDocument, path: JsonPath, message: str, rule: str, *, hint: str | None = None,
