@@ -39,7 +39,7 @@ MAX_VALUE_CHARS = 65_536  # any string or list a template builds, and the render
 MAX_RENDERED_CHARS = 65_536  # far above the API's 1024 (its own `text-length` error)
 MAX_INT_DIGITS = 4_300  # Python's own limit for int <-> str conversions
 MAX_RANGE = 10_000  # items of one range()
-MAX_LOOP_STEPS = 100_000  # range() items iterated in one rendering, nested loops included
+MAX_LOOP_STEPS = 100_000  # iterations of all {% for %} loops in one rendering, nested ones included
 
 _INT_BITS = int(MAX_INT_DIGITS * 3.33)
 _DIGIT_RUN = re.compile(r"\d+")
@@ -104,30 +104,14 @@ def _check_binop(operator_name: str, left: Any, right: Any) -> None:
         _refuse("a '%' format", len(left) + sum(_size(argument) for argument in arguments))
 
 
-class _CountedRange:
-    """range() whose iteration draws on the rendering's step budget, so nested loops of
-    small ranges cannot multiply into billions of steps."""
+_LOOP_FILTER = "campaign-runner loop steps"
 
-    def __init__(self, environment: BoundedEnvironment, items: range) -> None:
-        self._environment = environment
-        self._items = items
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[int]:
-        for item in self._items:
-            self._environment.spend_step()
-            yield item
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._items
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._items[index]
-
-    def __repr__(self) -> str:
-        return repr(self._items)
+def _range(*args: int) -> range:
+    items = range(*args)
+    if len(items) > MAX_RANGE:
+        raise TemplateCostError(f"range() of {len(items):,} items; a template may use at most {MAX_RANGE:,}")
+    return items
 
 
 class _BoundedNamespace(Namespace):
@@ -200,22 +184,28 @@ class BoundedEnvironment(SandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.globals["range"] = self._range
+        self.globals["range"] = _range
         self.globals["namespace"] = _BoundedNamespace
         for name in _GROWING_FILTERS:
             self.filters[name] = _bounded_filter(name, self.filters[name])
+        self.filters[_LOOP_FILTER] = self._counted
         self.steps_left = MAX_LOOP_STEPS
 
-    def spend_step(self) -> None:
-        self.steps_left -= 1
-        if self.steps_left < 0:
-            raise TemplateCostError(f"loops over range() took more than {MAX_LOOP_STEPS:,} steps in one message")
+    def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
+                  defer_init: bool = False) -> str:
+        """jinja2's documented hook before code generation: every `{% for %}` iterates
+        through `_counted`, so nested loops (over ranges, strings, lists) share one step
+        budget per rendering. The filter's name cannot be written in a template."""
+        for loop in source.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, _LOOP_FILTER, [], [], None, None, lineno=loop.lineno)
+        return super()._generate(source, name, filename, defer_init)
 
-    def _range(self, *args: int) -> _CountedRange:
-        items = range(*args)
-        if len(items) > MAX_RANGE:
-            raise TemplateCostError(f"range() of {len(items):,} items; a template may use at most {MAX_RANGE:,}")
-        return _CountedRange(self, items)
+    def _counted(self, items: Any) -> Iterator[Any]:
+        for item in items:
+            self.steps_left -= 1
+            if self.steps_left < 0:
+                raise TemplateCostError(f"loops took more than {MAX_LOOP_STEPS:,} steps in one message")
+            yield item
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
@@ -322,6 +312,9 @@ def compile_text(text: str, location: Location) -> CompiledText:
     names = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"}
     smartlinks = {name for name in names if name.startswith(vendor.SMARTLINK_TOKEN_PREFIX)}
     assigned = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "store"}
+    assigned |= {node.name for node in tree.find_all(nodes.Macro)}
+    if any(True for _ in tree.find_all(nodes.For)):
+        assigned.add("loop")  # jinja2's own loop variable
     return CompiledText(
         source=text,
         location=location,

@@ -22,6 +22,8 @@ BOMBS = {
     "power": "{{ 2 ** 100000 }}",
     "range": "{% for i in range(10**9) %}x{% endfor %}",
     "nested-ranges": "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
+    "nested-string-loops": ("{% set s = 'x' * 60000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}"),
+    "nested-list-loops": "{% for a in [0] * 5000 %}{% for b in [0] * 5000 %}{% endfor %}{% endfor %}",
     "center-filter": "{{ 'a' | center(1000000000) }}",
     "center-method": "{{ 'a'.center(1000000000) }}",
     "ljust-method": "{{ 'a'.ljust(1000000000) }}",
@@ -74,6 +76,10 @@ def test_huge_number_is_described_not_printed(in_tmp: Path) -> None:
     ("{% set ns = namespace(s='') %}{% for i in range(2) %}{% set ns.s = ns.s ~ name %}{% endfor %}{{ ns.s }}",
      "BoBo"),
     ("{{ [name, 'x'] | join('-') }} {{ name | replace('o', 'oo') }}", "Bo-x Boo"),
+    ("{% for c in name %}{{ c }}{{ loop.index }}/{{ loop.length }}{{ ',' if not loop.last }}{% endfor %}",
+     "B1/2,o2/2"),
+    ("{% for c in '' %}x{% else %}empty{% endfor %} {% for k, v in [('a', 1)] %}{{ k }}{{ v }}{% endfor %}",
+     "empty a1"),
 ])
 def test_ordinary_templates_still_render(in_tmp: Path, text: str, expected: str) -> None:
     result = invoke("plan", "--format", "json", _campaign(in_tmp, text))

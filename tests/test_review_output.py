@@ -244,3 +244,23 @@ def test_github_apply_failures_are_annotations_with_numbers_masked() -> None:
                                          ("\x85", "\\x85"), ("\x00", "\\0"), ("\n", "\n"), ("é", "é")])
 def test_visible_spells_out_controls_only(char: str, shown: str) -> None:
     assert visible(f"a{char}b") == f"a{shown}b"
+
+
+def test_crlf_csv_and_plain_unicode_are_not_control_characters(in_tmp: Path) -> None:
+    (in_tmp / "aud.csv").write_bytes(f"msisdn,name\r\n{number(1)},Zoë £5 ’quoted’\r\n".encode())
+    write_campaign(in_tmp, {"content": {"text": "Hi {{ name }}"}, "recipients": [{"file": "aud.csv"}]})
+    result = invoke("plan", "campaign.yaml")
+    assert result.exit_code == 0, result.stderr
+    assert "control-character" not in result.stdout
+
+
+@pytest.mark.parametrize("cell, names", [("a\\u001bb", "U+001B"), ("a\\rb", "U+000D"), ("a\\u202Eb", "U+202E"),
+                                         ("a\x7fb", "U+007F")])
+def test_jsonl_escaped_control_characters_are_flagged(in_tmp: Path, cell: str, names: str) -> None:
+    (in_tmp / "aud.jsonl").write_text(f'{{"msisdn": "{number(1)}", "name": "ok"}}\n'
+                                      f'{{"msisdn": "{number(2)}", "name": "{cell}"}}\n', encoding="utf-8")
+    write_campaign(in_tmp, {"content": {"text": "Hi {{ name }}"}, "recipients": [{"file": "aud.jsonl"}]})
+    result = invoke("plan", "campaign.yaml")
+    assert result.exit_code == 0, result.stderr
+    assert f"aud.jsonl:2: warning: value of 'name' holds control character {names} [control-character]" in result.stdout
+    assert "aud.jsonl:1: warning" not in result.stdout
