@@ -282,13 +282,17 @@ def smartlink_token(name: str) -> str:
 class TemplateSyntaxProblem(CampaignError):
     """A text that does not parse, with the place inside it, so validate can point there."""
 
-    def __init__(self, message: str, location: Location, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, location: Location, *, hint: str | None = None, exact: bool = False) -> None:
         super().__init__(message, hint=hint)
         self.location = location
+        self.exact = exact  # the column is the problem's own, not the text's start
 
 
-def compile_text(text: str, location: Location) -> CompiledText:
-    """Parse a message text once; syntax errors point at the line inside the text."""
+def compile_text(text: str, location: Location, *, indent: int | None = None) -> CompiledText:
+    """Parse a message text once; syntax errors point at the line inside the text.
+
+    `location` is where the text's first character stands; `indent`, when given, is the
+    column (0-based) where each further line of it starts (a YAML `|` block)."""
     try:
         tree = ENVIRONMENT.parse(text)
     except TemplateSyntaxError as error:
@@ -302,12 +306,15 @@ def compile_text(text: str, location: Location) -> CompiledText:
         line = location.line + lineno - 1 if location.line else 0
         col = _column_of(text, lineno, name)
         if col and lineno == 1 and location.col:
-            col += location.col - 1  # on the value's own line (one more for a quoted value)
+            col += location.col - 1
+        elif col and indent is not None:
+            col += indent
         where = Location(location.file, line, col if line else 0)
         close = difflib.get_close_matches(name, ENVIRONMENT.filters if kind == "filter" else ENVIRONMENT.tests, 3)
         raise TemplateSyntaxProblem(
             f"{where}: error: template syntax: no {kind} named '{name}' [template-syntax]", where,
             hint=f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"see jinja2's built-in {kind}s",
+            exact=bool(col),
         )
     names = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"}
     smartlinks = {name for name in names if name.startswith(vendor.SMARTLINK_TOKEN_PREFIX)}

@@ -174,6 +174,32 @@ def _check(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
     yield from _control_checks(doc, doc.data, ())
 
 
+def _exact_text_error(doc: SourceDocument, path: JsonPath, text: str, first: CampaignError) -> CampaignError | None:
+    """The same error located exactly: YAML gives where the value's token starts (its
+    quote, or a block's `|`), not its first character. Read only when there is an error."""
+    where = doc.locate(path)
+    try:
+        lines = doc.path.read_text(encoding="utf-8").splitlines()
+        token = lines[where.line - 1][where.col - 1]
+    except (OSError, UnicodeError, IndexError):
+        return None
+    if token in "\"'":
+        if not getattr(first, "exact", False):
+            return None  # a parse error has no column of its own: it stays at the value
+        start, indent = Location(where.file, where.line, where.col + 1), None
+    elif token in "|>" and where.line < len(lines):
+        body = lines[where.line]
+        indent = len(body) - len(body.lstrip(" "))
+        start = Location(where.file, where.line + 1, indent + 1)
+    else:
+        return None
+    try:
+        compile_text(text, start, indent=indent)
+    except CampaignError as error:
+        return error
+    return None
+
+
 def _control_checks(doc: SourceDocument, node: Any, path: JsonPath) -> Iterator[Diagnostic]:
     """Strings of the file holding control characters (ESC, CR, bidi overrides...): an SMS
     should not carry them, and on a terminal or in a review they hide what follows.
@@ -306,7 +332,8 @@ def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
                         "text-length")
         try:
             compiled = compile_text(text, doc.locate(path))
-        except CampaignError as error:
+        except CampaignError as first:
+            error = _exact_text_error(doc, path, text, first) or first
             diagnostic = _diag(doc, path, error.message.split(": error: ", 1)[-1].rsplit(" [", 1)[0],
                                "template-syntax", hint=error.hint)
             where = getattr(error, "location", None)  # the line inside the text, when known

@@ -113,7 +113,7 @@ def test_rendered_text_over_1024_is_the_vendor_limit_error_not_cost(in_tmp: Path
     ("Hi {{ name | nosuchfilter }}", "campaign.yaml:5:22: error: template syntax: no filter named 'nosuchfilter'"),
     ("Hi {{ name | uper }}", "campaign.yaml:5:22: error: template syntax: no filter named 'uper' "
                              "[template-syntax] (hint: did you mean 'upper'?)"),
-    ("{% if name is nosuchtest %}x{% endif %}", "campaign.yaml:5:23: error: template syntax: no test named "
+    ("{% if name is nosuchtest %}x{% endif %}", "campaign.yaml:5:24: error: template syntax: no test named "
                                                "'nosuchtest'"),
     ("{% if name %}{{ name | nosuchfilter }}{% endif %}", "no filter named 'nosuchfilter'"),
 ])
@@ -125,3 +125,14 @@ def test_unknown_filter_or_test_is_a_syntax_error_at_validate(in_tmp: Path, text
     assert "[template-syntax]" in result.stdout
     planned = invoke("plan", path)
     assert planned.exit_code == 1  # refused as invalid input, not 70
+
+
+def test_unknown_filter_in_a_block_text_points_at_its_line_and_column(in_tmp: Path) -> None:
+    write_csv(in_tmp / "aud.csv", ["msisdn", "name"], [[number(1), "Bo"]])
+    (in_tmp / "block.yaml").write_text(
+        'version: 1\nid: b\nfrom: "12025550100"\ncontent:\n  text: |\n    Hi {{ name }}\n'
+        "    {{ name | nosuchfilter }}\nrecipients: [{file: aud.csv}]\n", encoding="utf-8")
+    result = invoke("validate", "block.yaml")
+    assert result.exit_code == 1
+    assert result.stdout.startswith("block.yaml:7:15: error: template syntax: no filter named 'nosuchfilter' "
+                                    "[template-syntax]")
