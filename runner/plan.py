@@ -18,7 +18,7 @@ from typing import Any
 from .compile import Compiled, Compiler, vendor_timestamp
 from .model import Api, Campaign, Diagnostic, Location, Message, RecipientFile, Severity
 from .recipients import iter_source
-from .render import Variable
+from .render import Variable, same_value
 from .safe_text import MASK, control_characters
 
 DEFAULT_SHOWN = 10
@@ -169,14 +169,23 @@ def _masked_text(compiler: Compiler, item: Compiled) -> str:
         return item.message.text  # a template id without preview: nothing personal is rendered here
     if text.plain_parts is None:
         return text.source
+    # Values a recipient file shares with all its rows are the campaign file's, not personal.
+    shared = next((source.substitutions for source in compiler.campaign.recipients
+                   if isinstance(source, RecipientFile) and source.display_name == item.message.origin.file), {})
     out = []
     for part in text.plain_parts:
-        if not isinstance(part, Variable):
-            out.append(part)
-        elif part.name in item.own_values or part.name in PERSONAL_BUILTINS or part.name not in renderer.campaign_layer:
+        name = part.name if isinstance(part, Variable) else None
+        if name is None:
+            out.append(str(part))
+        elif name in PERSONAL_BUILTINS:
             out.append(MASK)
+        elif name in item.own_values:
+            value = item.own_values[name]
+            out.append(str(value) if name in shared and same_value(shared[name], value) else MASK)
+        elif name in renderer.campaign_layer:
+            out.append(str(renderer.campaign_layer[name]))
         else:
-            out.append(str(renderer.campaign_layer[part.name]))
+            out.append(MASK)
     return "".join(out)
 
 

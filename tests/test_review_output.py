@@ -264,3 +264,22 @@ def test_jsonl_escaped_control_characters_are_flagged(in_tmp: Path, cell: str, n
     assert result.exit_code == 0, result.stderr
     assert f"aud.jsonl:2: warning: value of 'name' holds control character {names} [control-character]" in result.stdout
     assert "aud.jsonl:1: warning" not in result.stdout
+
+
+def test_masked_text_keeps_campaign_file_values_and_masks_the_recipients(in_tmp: Path) -> None:
+    (in_tmp / "aud.csv").write_text(f"msisdn,name,discount\n{number(1)},Ada,\n{number(2)},Bo,30%\n",
+                                    encoding="utf-8")
+    write_campaign(in_tmp, {"content": {"text": "Hi {{ name }}, {{ discount }} off at {{ store }} ({{ msisdn }})"},
+                            "substitutions": {"discount": "20%", "store": "Main"},
+                            "recipients": [{"file": "aud.csv", "substitutions": {"store": "Online"}}]})
+    out = invoke("plan", "--format", "markdown", "campaign.yaml").stdout
+    assert "| 1 | +44•••••••001 | cr-••• | GSM-7 | 1 | 41 | Hi •••, 20% off at Online (•••) |" in out
+    assert "| 2 | +44•••••••002 | cr-••• | GSM-7 | 1 | 40 | Hi •••, ••• off at Online (•••) |" in out
+
+
+def test_text_with_logic_shows_its_template_when_masked(in_tmp: Path) -> None:
+    (in_tmp / "aud.csv").write_text(f"msisdn,name\n{number(1)},Ada\n", encoding="utf-8")
+    write_campaign(in_tmp, {"content": {"text": "Hi {{ name | upper }}"}, "recipients": [{"file": "aud.csv"}]})
+    out = invoke("plan", "--format", "markdown", "campaign.yaml").stdout
+    assert "| 1 | +44•••••••001 | cr-••• | GSM-7 | 1 | 6 | Hi {{ name \\| upper }} |" in out
+    assert "ADA" not in out
