@@ -4,7 +4,9 @@
    text is a bomb, next to the same campaign with a harmless text with logic (the
    baseline: start-up, load, validate, plan). Bounded rendering should make a bomb cost
    about the baseline; before it, `{{ 'a' * 1000000000 }}` took ~100 s and 4.9 GB.
-2. The control-character scan of recipient files at plan: in-process, the scan alone
+2. Rendering a text with logic (loop, operators, filters) with the bounded environment,
+   next to jinja2's plain SandboxedEnvironment on the same template and values.
+3. The control-character scan of recipient files at plan: in-process, the scan alone
    (`control_character_warnings`) next to the whole `build_plan` of the same campaign,
    on a clean CSV (one byte scan) and on one where every row holds an ESC (full parse).
 
@@ -78,6 +80,29 @@ def scan(folder: Path, rows: int) -> None:
               f"whole plan {plan_cpu:.2f} s CPU (scan included): {100 * scan_cpu / plan_cpu:.1f}%")
 
 
+LOGIC_TEXT = ("{% if tier == 'gold' %}Dear {{ name | upper }}{% else %}Hi {{ name }}{% endif %}, "
+              "{{ points * 2 }} points{% for c in code %}-{{ c }}{% endfor %} {{ '%s!' % store }}")
+
+
+def render_cost(renders: int) -> None:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from runner.render import ENVIRONMENT, _bounded_render
+
+    values = {"tier": "gold", "name": "Ada", "points": 120, "code": "AB12", "store": "Fernway"}
+    plain = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False).from_string(LOGIC_TEXT)
+    bounded = ENVIRONMENT.from_string(LOGIC_TEXT)
+    assert plain.render(values) == _bounded_render(bounded, values)
+    for label, render in (("jinja2 sandbox", lambda: plain.render(values)),
+                          ("bounded", lambda: _bounded_render(bounded, values))):
+        start = time.process_time()
+        for _ in range(renders):
+            render()
+        cpu = time.process_time() - start
+        print(f"{label:<16} {renders:,} renders: {cpu:.2f} s CPU ({1e6 * cpu / renders:.1f} µs each)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
@@ -86,6 +111,8 @@ def main() -> int:
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     with tempfile.TemporaryDirectory() as name:
         bombs(Path(name))
+        print()
+        render_cost(args.rows)
         print()
         scan(Path(name), args.rows)
     return 0

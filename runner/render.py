@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes, pass_eval_context
+from jinja2.nodes import EvalContext
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
@@ -75,13 +76,22 @@ def _number(value: int) -> str:
 def _check_format(fmt: Any, what: str) -> None:
     """A width or precision in a format string ('%1000000000s', '{:>999999999}') is its output size."""
     if isinstance(fmt, str):
-        for run in _DIGIT_RUN.findall(fmt):
-            if len(run) > 6 or int(run) > MAX_VALUE_CHARS:
-                _refuse(f"{what} width {run}", int(run) if len(run) < 30 else 10**30)
+        widest = _widest_number(fmt)
+        if widest:
+            _refuse(f"{what} width {widest}", int(widest) if len(widest) < 30 else 10**30)
+
+
+@functools.lru_cache(maxsize=256)
+def _widest_number(fmt: str) -> str:
+    """The first number in a format string above the value limit ('' when none): a
+    template's format strings are few and used for every recipient, so this is cached."""
+    return next((run for run in _DIGIT_RUN.findall(fmt) if len(run) > 6 or int(run) > MAX_VALUE_CHARS), "")
 
 
 def _check_binop(operator_name: str, left: Any, right: Any) -> None:
     ints = isinstance(left, int) and isinstance(right, int)
+    if ints and operator_name != "**" and left.bit_length() + right.bit_length() <= _INT_BITS:
+        return  # the common case: small numbers
     if operator_name == "**" and ints:
         if abs(left) > 1 and right > 0:
             bits = max(abs(left).bit_length() - 1, 1) * min(right, 10**30)
@@ -105,6 +115,18 @@ def _check_binop(operator_name: str, left: Any, right: Any) -> None:
 
 
 _LOOP_FILTER = "campaign-runner loop steps"
+
+
+@pass_eval_context
+def _counted(eval_ctx: EvalContext, items: Any) -> Iterator[Any]:
+    """Items of a loop, each drawn from the rendering's step budget. The budget lives on
+    the evaluation context, which jinja2 makes anew for every rendering."""
+    budget: list[int] = eval_ctx.__dict__.setdefault("campaign_runner_steps_left", [MAX_LOOP_STEPS])
+    for item in items:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise TemplateCostError(f"loops took more than {MAX_LOOP_STEPS:,} steps in one message")
+        yield item
 
 
 def _range(*args: int) -> range:
@@ -188,8 +210,7 @@ class BoundedEnvironment(SandboxedEnvironment):
         self.globals["namespace"] = _BoundedNamespace
         for name in _GROWING_FILTERS:
             self.filters[name] = _bounded_filter(name, self.filters[name])
-        self.filters[_LOOP_FILTER] = self._counted
-        self.steps_left = MAX_LOOP_STEPS
+        self.filters[_LOOP_FILTER] = _counted
 
     def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
                   defer_init: bool = False) -> str:
@@ -200,16 +221,10 @@ class BoundedEnvironment(SandboxedEnvironment):
             loop.iter = nodes.Filter(loop.iter, _LOOP_FILTER, [], [], None, None, lineno=loop.lineno)
         return super()._generate(source, name, filename, defer_init)
 
-    def _counted(self, items: Any) -> Iterator[Any]:
-        for item in items:
-            self.steps_left -= 1
-            if self.steps_left < 0:
-                raise TemplateCostError(f"loops took more than {MAX_LOOP_STEPS:,} steps in one message")
-            yield item
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
+        return self.binop_table[operator](left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (jinja2's names)
         target = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format
@@ -462,9 +477,8 @@ class Renderer:
             except KeyError as missing:
                 raise self._missing(recipient, str(missing.args[0])) from None
         assert self._template is not None
-        ENVIRONMENT.steps_left = MAX_LOOP_STEPS
         try:
-            return _bounded_render(self._template.generate(values))
+            return _bounded_render(self._template, values)
         except UndefinedError as error:
             name = _undefined_name(error)
             raise self._missing(recipient, name) from None
@@ -487,16 +501,19 @@ class Renderer:
         )
 
 
-def _bounded_render(pieces: Iterator[str]) -> str:
+def _bounded_render(template: Any, values: Mapping[str, Any]) -> str:
     """The rendered text, stopped as soon as it passes `MAX_RENDERED_CHARS` (a loop that
-    prints a capped piece ten thousand times must not build the whole result first)."""
+    prints a capped piece ten thousand times must not build the whole result first).
+    Runs the template's render function itself, as `Template.render` does, minus
+    jinja2's traceback rewriting (errors are caught and reported by `render`)."""
     kept: list[str] = []
+    keep = kept.append
     length = 0
-    for piece in pieces:
+    for piece in template.root_render_func(template.new_context(values)):
         length += len(piece)
         if length > MAX_RENDERED_CHARS:
             raise TemplateCostError(f"the rendered text passes {MAX_RENDERED_CHARS:,} characters")
-        kept.append(piece)
+        keep(piece)
     return "".join(kept)
 
 
