@@ -136,3 +136,19 @@ def test_unknown_filter_in_a_block_text_points_at_its_line_and_column(in_tmp: Pa
     assert result.exit_code == 1
     assert result.stdout.startswith("block.yaml:7:15: error: template syntax: no filter named 'nosuchfilter' "
                                     "[template-syntax]")
+
+
+def test_loop_budget_is_per_message_not_per_campaign(in_tmp: Path) -> None:
+    """9,900 steps per message is within the 10,000 budget, for every recipient."""
+    write_csv(in_tmp / "aud.csv", ["msisdn", "name"], [[number(i), f"R{i}"] for i in range(3)])
+    write_campaign(in_tmp, {"content": {"text": "{% for i in range(900) %}{% for j in range(10) %}{% endfor %}"
+                                                "{% endfor %}{{ name }}"},
+                            "recipients": [{"file": "aud.csv"}]})
+    result = invoke("plan", "--format", "json", "campaign.yaml")
+    assert result.exit_code == 0, result.stderr
+    assert '"text": "R2"' in result.stdout
+    over = "{% for i in range(1000) %}{% for j in range(10) %}{% endfor %}{% endfor %}{{ name }}"
+    write_campaign(in_tmp, {"content": {"text": over}, "recipients": [{"file": "aud.csv"}]})
+    refused = invoke("plan", "campaign.yaml")
+    assert refused.exit_code == 1
+    assert "loops took more than 10,000 steps in one message [template-cost]" in refused.stderr
