@@ -283,3 +283,26 @@ def test_text_with_logic_shows_its_template_when_masked(in_tmp: Path) -> None:
     out = invoke("plan", "--format", "markdown", "campaign.yaml").stdout
     assert "| 1 | +44•••••••001 | cr-••• | GSM-7 | 1 | 6 | Hi {{ name \\| upper }} |" in out
     assert "ADA" not in out
+
+
+def test_validate_markdown_escapes_values_quoted_in_diagnostics(in_tmp: Path) -> None:
+    write_campaign(in_tmp, {"content": {"text": "hi"},
+                            "recipients": [{"msisdn": "<img src=x> <!-- @team **x** +447911000123"}]},
+                   "x<!--y.yaml")
+    result = invoke("validate", "--format", "markdown", "x<!--y.yaml")
+    assert result.exit_code == 1
+    out = result.stdout
+    _assert_inert_markdown(out)
+    assert FULL_NUMBER.search(out) is None
+    assert "| x&lt;!--y.yaml:" in out
+    assert "&lt;img src=x&gt;" in out
+    assert "+44•••••••123" in out
+
+
+def test_apply_github_format_in_a_sandbox_rehearsal(in_tmp: Path) -> None:
+    write_campaign(in_tmp, {"content": {"text": "Hi {{ name }}"},
+                            "recipients": [{"msisdn": number(1), "substitutions": {"name": "Al"}}]})
+    result = invoke("apply", "--sandbox", "--yes", "--format", "github", "campaign.yaml")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "sent: 1 destination accepted in 1 request; 0 already accepted, 0 failed, 0 uncertain"]
