@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner.report import GithubReporter
 from runner.safe_text import mask_msisdn, markdown, visible
@@ -306,3 +308,22 @@ def test_apply_github_format_in_a_sandbox_rehearsal(in_tmp: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
         "sent: 1 destination accepted in 1 request; 0 already accepted, 0 failed, 0 uncertain"]
+
+
+_MARKUP = st.sampled_from(["<", ">", "&", "<!--", "-->", "</details>", "`", "*", "_", "[", "]", "(", ")", "|", "~",
+                           "#", "@", "\\", "\n", "\r", "\x1b", "\u202e", "a", " ", "http://e", "&lt;"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_MARKUP, st.text(max_size=5)), max_size=20).map("".join))
+def test_markdown_escape_leaves_nothing_live(value: str) -> None:
+    out = markdown(value)
+    assert "<" not in out.replace("<br>", "")
+    assert ">" not in out.replace("<br>", "")
+    assert RAW_CONTROL.search(out) is None and "\n" not in out
+    assert re.search(r"&(?!amp;|lt;|gt;)", out) is None  # every '&' starts an entity we wrote
+    # Every markdown special character is escaped by an unescaped backslash.
+    for match in re.finditer(r"[`*_\[\]~|#]", out):
+        backslashes = len(out[: match.start()]) - len(out[: match.start()].rstrip("\\"))
+        assert backslashes % 2 == 1, (value, out)
+    assert re.search(r"@(?!\u2060)", out) is None
