@@ -23,7 +23,7 @@ from rich.text import Text
 from .compile import vendor_timestamp
 from .errors import CampaignError, ExitCode
 from .vendor import error_meaning
-from .model import Diagnostic, Severity
+from .model import Diagnostic, Location, Severity
 from .safe_text import mask_identifier, mask_msisdn, mask_numbers, markdown, visible
 
 if TYPE_CHECKING:
@@ -269,11 +269,17 @@ class GithubReporter(Reporter):
 
     def apply(self, result: ApplyResult) -> None:
         r = result
+        failures = []
         for failure in r.failures:
             status = f"HTTP {failure.http_status}" if failure.http_status else "no answer"
             code = f" {failure.code} ({error_meaning(failure.code)})" if failure.code else ""
             message = self._clean(f"batch {failure.batch_key}: {status}{code}: {failure.message}")
             self.write(f"::error title={_escape_property('apply failed')}::{_escape_data(message)}")
+            failures.append(Diagnostic(Location(r.campaign_id), Severity.ERROR, message, "apply-failed"))
+        if len(failures) > GITHUB_SHOWN_PER_STEP:
+            where = self._write_summary(failures, "apply")
+            self.write(f"{_n(len(failures) - GITHUB_SHOWN_PER_STEP, 'annotation')} of {len(failures):,} not shown "
+                       f"(GitHub shows {GITHUB_SHOWN_PER_STEP} errors per step); {where}")
         if r.uncertain:
             self.write(f"::warning title=apply uncertain::{_n(r.uncertain, 'request')} "
                        f"({_n(r.uncertain_destinations, 'destination')}) may or may not have been sent")

@@ -327,3 +327,17 @@ def test_markdown_escape_leaves_nothing_live(value: str) -> None:
         backslashes = len(out[: match.start()]) - len(out[: match.start()].rstrip("\\"))
         assert backslashes % 2 == 1, (value, out)
     assert re.search(r"@(?!\u2060)", out) is None
+
+
+def test_github_apply_beyond_ten_failures_lists_them_in_the_step_summary(tmp_path: Path) -> None:
+    out, summary = io.StringIO(), tmp_path / "summary.md"
+    failures = [BatchFailure(f"k{i:02d}", 1, 400, "7001", f"bad {number(i)}") for i in range(12)]
+    GithubReporter(out, step_summary=summary).apply(ApplyResult(campaign_id="c", failed=12, failed_destinations=12,
+                                                                failures=failures))
+    assert out.getvalue().count("::error ") == 12
+    assert ("2 annotations of 12 not shown (GitHub shows 10 errors per step); all are listed in the step summary"
+            in out.getvalue())
+    written = summary.read_text(encoding="utf-8")
+    assert written.startswith("### campaign apply: 12 problems\n")
+    assert "| c | error | apply-failed | batch k11: HTTP 400 7001 (" in written
+    assert FULL_NUMBER.search(written) is None
