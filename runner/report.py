@@ -322,8 +322,12 @@ class MarkdownReporter(Reporter):
         self.plans([plan], show_all=show_all)
 
     def plans(self, items: Sequence[Plan | PlanFailure], *, show_all: bool) -> None:
-        sections = [self._failure(item) if isinstance(item, PlanFailure) else self._plan_section(item)
-                    for item in items]
+        # Many campaigns with many warnings: fewer warnings each before any campaign's head is cut.
+        for warnings_shown in (MARKDOWN_WARNINGS, 5, 0):
+            sections = [self._failure(item) if isinstance(item, PlanFailure) else self._plan_section(item, warnings_shown)
+                        for item in items]
+            if _fixed_size(sections) <= MARKDOWN_BUDGET:
+                break
         self.write(_fit_sections(sections, MARKDOWN_BUDGET))
 
     def _cell(self, text: str) -> str:
@@ -335,16 +339,17 @@ class MarkdownReporter(Reporter):
             lines += ["", f"hint: {self._cell(failure.hint)}"]
         return _Section("\n".join(lines), "", [], "")
 
-    def _plan_section(self, plan: Plan) -> _Section:
+    def _plan_section(self, plan: Plan, warnings_shown: int | None = None) -> _Section:
         s = plan.summary
+        warnings_shown = MARKDOWN_WARNINGS if warnings_shown is None else warnings_shown
         lines = [f"### Campaign plan: {self._cell(s.campaign_id)}", "", "| | |", "|---|---|"]
         lines += [f"| {name} | {self._cell(value)} |" for name, value in _summary_rows(plan)]
         if plan.warnings:
             lines += ["", f"**{len(plan.warnings)} warning{'s' * (len(plan.warnings) != 1)}**", ""]
             lines += [f"- {self._cell(str(w.location))}: {self._cell(w.message)} ({self._cell(w.rule)})"
-                      + (f" — {self._cell(w.hint)}" if w.hint else "") for w in plan.warnings[:MARKDOWN_WARNINGS]]
-            if len(plan.warnings) > MARKDOWN_WARNINGS:
-                lines.append(f"- … {len(plan.warnings) - MARKDOWN_WARNINGS} more (run `campaign plan` for all)")
+                      + (f" — {self._cell(w.hint)}" if w.hint else "") for w in plan.warnings[:warnings_shown]]
+            if len(plan.warnings) > warnings_shown:
+                lines.append(f"- … {len(plan.warnings) - warnings_shown} more (run `campaign plan` for all)")
         masked = not self.show_pii
         text_header = "text (personal values •••)" if masked else "text"
         opening = "\n".join(["", f"<details><summary>Messages ({len(plan.messages)} of {s.messages:,} shown"
@@ -383,14 +388,20 @@ class _Section:
         return "\n".join([self.head, self.opening, *rows, *note, self.closing])
 
 
+_SEPARATOR = "\n\n"
+
+
+def _fixed_size(sections: list[_Section]) -> int:
+    """Characters the sections need with no table rows (and room for each cut note)."""
+    return sum(len(section.render(0)) + len(_SEPARATOR) + 120 for section in sections)
+
+
 def _fit_sections(sections: list[_Section], budget: int) -> str:
     """Join sections within `budget` characters. Each head is kept whole; the room left is
     shared among the message tables like water poured into glasses: small tables keep
     every row, the biggest are cut first and say so. Heads that alone pass the budget
     are cut at the end, with a note."""
-    separator = "\n\n"
-    fixed = sum(len(section.render(0)) + len(separator) + 120 for section in sections)
-    room = budget - fixed
+    room = budget - _fixed_size(sections)
     wanted = [sum(len(row) + 1 for row in section.rows) for section in sections]
     keep = [0] * len(sections)
     order = sorted(range(len(sections)), key=lambda index: wanted[index])
@@ -403,7 +414,7 @@ def _fit_sections(sections: list[_Section], budget: int) -> str:
             used += len(row) + 1
             keep[index] += 1
         room -= used
-    text = separator.join(section.render(kept) for section, kept in zip(sections, keep))
+    text = _SEPARATOR.join(section.render(kept) for section, kept in zip(sections, keep))
     return _bounded(text, budget)
 
 

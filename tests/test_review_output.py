@@ -341,3 +341,22 @@ def test_github_apply_beyond_ten_failures_lists_them_in_the_step_summary(tmp_pat
     assert written.startswith("### campaign apply: 12 problems\n")
     assert "| c | error | apply-failed | batch k11: HTTP 400 7001 (" in written
     assert FULL_NUMBER.search(written) is None
+
+
+def test_many_campaigns_with_many_warnings_keep_every_heading(in_tmp: Path) -> None:
+    """Heads alone would pass the limit: fewer warnings are listed, no campaign is lost."""
+    names = []
+    for c in range(40):
+        recipients = [{"msisdn": number(i), "substitutions": {"name": f"N{chr(0x4E00 + 20 * c + i)}"}}
+                      for i in range(12)]  # 12 distinct UCS-2 characters: 11 warnings each
+        write_campaign(in_tmp, {"id": f"campaign-{c:02d}-" + "x" * 40, "content": {"text": "Hi {{ name }}"},
+                                "recipients": recipients}, f"c{c:02d}.yaml")
+        names.append(f"c{c:02d}.yaml")
+    result = invoke("plan", "--format", "markdown", *names)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert len(out) <= 65_536
+    assert [line for line in out.splitlines() if line.startswith("### ")] == [
+        f"### Campaign plan: campaign-{c:02d}-{'x' * 40}" for c in range(40)]
+    assert "characters cut to fit a comment" not in out
+    assert out.count("more (run `campaign plan` for all)") == 40
