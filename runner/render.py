@@ -88,6 +88,17 @@ def _widest_number(fmt: str) -> str:
     return next((run for run in _DIGIT_RUN.findall(fmt) if len(run) > 6 or int(run) > MAX_VALUE_CHARS), "")
 
 
+def _format_size(fmt: str, arguments: Any) -> int:
+    """At most: the format, plus each placeholder filled with the largest argument (one
+    argument may be used many times: '%(a)s%(a)s...', '{0}{0}...')."""
+    values = list(arguments.values()) if isinstance(arguments, Mapping) else list(arguments)
+    for value in list(values):
+        if isinstance(value, Mapping):
+            values.extend(value.values())
+    largest = max((_size(value) for value in values), default=0)
+    return len(fmt) + (fmt.count("%") + fmt.count("{")) * largest
+
+
 def _check_binop(operator_name: str, left: Any, right: Any) -> None:
     ints = isinstance(left, int) and isinstance(right, int)
     if ints and operator_name != "**" and left.bit_length() + right.bit_length() <= _INT_BITS:
@@ -110,8 +121,7 @@ def _check_binop(operator_name: str, left: Any, right: Any) -> None:
         _refuse("joining two values", _size(left) + _size(right))
     elif operator_name == "%" and isinstance(left, str):
         _check_format(left, "a '%' format")
-        arguments = right if isinstance(right, tuple) else (right,)
-        _refuse("a '%' format", len(left) + sum(_size(argument) for argument in arguments))
+        _refuse("a '%' format", _format_size(left, right if isinstance(right, tuple) else (right,)))
 
 
 _LOOP_FILTER = "campaign-runner loop steps"
@@ -161,7 +171,7 @@ def _filter_check(name: str, value: Any, args: tuple[Any, ...], kwargs: Mapping[
         _refuse("indent()", len(text) + (text.count("\n") + 1) * pad)
     elif name == "format":
         _check_format(value, "format()")
-        _refuse("format()", len(text) + sum(_size(item) for item in (*args, *kwargs.values())))
+        _refuse("format()", _format_size(text, (*args, *kwargs.values())))
     elif name == "replace":
         old, new = arg(0, "old", ""), arg(1, "new", "")
         if isinstance(value, str) and isinstance(old, str) and isinstance(new, str):
@@ -185,6 +195,8 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
 
     @functools.wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
+        if name == "join" and len(args) > skip and not isinstance(args[skip], (str, list, tuple)):
+            args = (*args[:skip], list(args[skip]), *args[skip + 1 :])  # a range or generator: count its items
         _filter_check(name, args[skip] if len(args) > skip else None, args[skip + 1 :], kwargs)
         return function(*args, **kwargs)
 
@@ -236,8 +248,10 @@ class BoundedEnvironment(SandboxedEnvironment):
             elif kind == "expandtabs":
                 tab = args[0] if args and isinstance(args[0], int) else 8
                 _refuse("str.expandtabs()", len(owner) + owner.count("\t") * max(tab, 0))
-            elif kind == "join" and args and isinstance(args[0], (list, tuple)):
-                _refuse("str.join()", _size(args[0]) + len(args[0]) * len(owner))
+            elif kind == "join" and args:
+                items = args[0] if isinstance(args[0], (str, list, tuple)) else list(args[0])
+                _refuse("str.join()", _size(items) + len(items) * len(owner))
+                args = (items, *args[1:])
             else:
                 _filter_check(kind, owner, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)

@@ -35,6 +35,10 @@ BOMBS = {
     "concat-doubling": "{% set s = 'a' * 60000 %}{{ s + s }}",
     "output-length": "{% for i in range(9000) %}{{ 'abcdefgh' * 8000 }}{% endfor %}",
     "batch-fill": "{{ [1] | batch(1000000000, 'x') | list | length }}",
+    "join-range": "{{ range(10000) | join('x' * 60000) }}",
+    "join-method-generator": "{{ ('x' * 60000).join(range(10000) | map('string')) }}",
+    "percent-reused-argument": "{% set s = 'a' * 60000 %}{{ '%(a)s%(a)s%(a)s' % {'a': s} }}",
+    "format-reused-argument": "{% set s = 'a' * 30000 %}{{ '{0}{0}{0}'.format(s) }}",
 }
 
 
@@ -76,6 +80,8 @@ def test_huge_number_is_described_not_printed(in_tmp: Path) -> None:
     ("{% set ns = namespace(s='') %}{% for i in range(2) %}{% set ns.s = ns.s ~ name %}{% endfor %}{{ ns.s }}",
      "BoBo"),
     ("{{ [name, 'x'] | join('-') }} {{ name | replace('o', 'oo') }}", "Bo-x Boo"),
+    ("{{ range(3) | join('-') }} {{ '-'.join(name | list) }} {{ '%(n)s!' % {'n': name} }} {{ '{0}{0}'.format(name) }}",
+     "0-1-2 B-o Bo! BoBo"),
     ("{% for c in name %}{{ c }}{{ loop.index }}/{{ loop.length }}{{ ',' if not loop.last }}{% endfor %}",
      "B1/2,o2/2"),
     ("{% for c in '' %}x{% else %}empty{% endfor %} {% for k, v in [('a', 1)] %}{{ k }}{{ v }}{% endfor %}",
