@@ -125,6 +125,27 @@ def _check_binop(operator_name: str, left: Any, right: Any) -> None:
 
 
 _LOOP_FILTER = "campaign-runner loop steps"
+_CONCAT_FILTER = "campaign-runner concat"
+MAX_OUTPUT_CHARS = 4 * MAX_RENDERED_CHARS  # all `{{ }}` output of one rendering, captured blocks and macros included
+
+
+@pass_eval_context
+def _counted_output(eval_ctx: EvalContext, value: Any) -> str:
+    """jinja2's `finalize`: every `{{ }}` output of a rendering, also inside `{% set %}`
+    blocks, macros and calls that never reach the final text, draws on one budget."""
+    text = str(value)
+    budget: list[int] = eval_ctx.__dict__.setdefault("campaign_runner_output_left", [MAX_OUTPUT_CHARS])
+    budget[0] -= len(text)
+    if budget[0] < 0:
+        raise TemplateCostError(f"the template printed more than {MAX_OUTPUT_CHARS:,} characters in one message")
+    return text
+
+
+def _concat(items: list[Any]) -> str:
+    """The `~` operator, measured first."""
+    texts = [str(item) for item in items]
+    _refuse("joining values with '~'", sum(len(text) for text in texts))
+    return "".join(texts)
 
 
 @pass_eval_context
@@ -223,6 +244,8 @@ class BoundedEnvironment(SandboxedEnvironment):
         for name in _GROWING_FILTERS:
             self.filters[name] = _bounded_filter(name, self.filters[name])
         self.filters[_LOOP_FILTER] = _counted
+        self.filters[_CONCAT_FILTER] = _concat
+        self.finalize = _counted_output
 
     def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
                   defer_init: bool = False) -> str:
@@ -231,6 +254,11 @@ class BoundedEnvironment(SandboxedEnvironment):
         budget per rendering. The filter's name cannot be written in a template."""
         for loop in source.find_all(nodes.For):
             loop.iter = nodes.Filter(loop.iter, _LOOP_FILTER, [], [], None, None, lineno=loop.lineno)
+        for concat in list(source.find_all(nodes.Concat)):
+            # `~` compiles to a plain join that no sandbox hook sees: make it a measured one.
+            measured = nodes.Filter(nodes.List(list(concat.nodes)), _CONCAT_FILTER, [], [], None, None,
+                                    lineno=concat.lineno)
+            _replace_node(source, concat, measured)
         return super()._generate(source, name, filename, defer_init)
 
 
@@ -255,6 +283,18 @@ class BoundedEnvironment(SandboxedEnvironment):
             else:
                 _filter_check(kind, owner, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
+
+
+def _replace_node(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:
+    """Put `new` where `old` stands in `tree` (jinja2 nodes keep children in fields and lists)."""
+    for parent in tree.find_all(nodes.Node):
+        for field, value in parent.iter_fields():
+            if value is old:
+                setattr(parent, field, new)
+                return
+            if isinstance(value, list) and any(item is old for item in value):
+                value[:] = [new if item is old else item for item in value]
+                return
 
 
 ENVIRONMENT = BoundedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -347,7 +387,7 @@ def compile_text(text: str, location: Location, *, indent: int | None = None) ->
         )
     names = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "load"}
     smartlinks = {name for name in names if name.startswith(vendor.SMARTLINK_TOKEN_PREFIX)}
-    assigned = {node.name for node in tree.find_all(nodes.Name) if node.ctx == "store"}
+    assigned = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
     assigned |= {node.name for node in tree.find_all(nodes.Macro)}
     if any(True for _ in tree.find_all(nodes.For)):
         assigned.add("loop")  # jinja2's own loop variable
@@ -516,19 +556,15 @@ class Renderer:
 
 
 def _bounded_render(template: Any, values: Mapping[str, Any]) -> str:
-    """The rendered text, stopped as soon as it passes `MAX_RENDERED_CHARS` (a loop that
-    prints a capped piece ten thousand times must not build the whole result first).
-    Runs the template's render function itself, as `Template.render` does, minus
-    jinja2's traceback rewriting (errors are caught and reported by `render`)."""
-    kept: list[str] = []
-    keep = kept.append
-    length = 0
-    for piece in template.root_render_func(template.new_context(values)):
-        length += len(piece)
-        if length > MAX_RENDERED_CHARS:
-            raise TemplateCostError(f"the rendered text passes {MAX_RENDERED_CHARS:,} characters")
-        keep(piece)
-    return "".join(kept)
+    """The rendered text, refused past `MAX_RENDERED_CHARS`. What it can reach before the
+    check is bounded too: every `{{ }}` output counts against `MAX_OUTPUT_CHARS`, and
+    literal text repeats at most `MAX_LOOP_STEPS` times. Runs the template's render
+    function itself, as `Template.render` does, minus jinja2's traceback rewriting
+    (errors are caught and reported by `Renderer.render`)."""
+    text: str = template.environment.concat(template.root_render_func(template.new_context(values)))
+    if len(text) > MAX_RENDERED_CHARS:
+        raise TemplateCostError(f"the rendered text is {len(text):,} characters; at most {MAX_RENDERED_CHARS:,}")
+    return text
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:

@@ -35,6 +35,9 @@ BOMBS = {
     "concat-doubling": "{% set s = 'a' * 60000 %}{{ s + s }}",
     "output-length": "{% for i in range(9000) %}{{ 'abcdefgh' * 8000 }}{% endfor %}",
     "batch-fill": "{{ [1] | batch(1000000000, 'x') | list | length }}",
+    "concat-chain": "{% set a = 'x' * 60000 %}{% set b = a ~ a %}{{ b | length }}",
+    "captured-block": ("{% set s = 'x' * 60000 %}{% set x %}{% for i in range(1000) %}{{ s }}{% endfor %}"
+                       "{% endset %}{{ x | length }}"),
     "join-range": "{{ range(10000) | join('x' * 60000) }}",
     "join-method-generator": "{{ ('x' * 60000).join(range(10000) | map('string')) }}",
     "percent-reused-argument": "{% set s = 'a' * 60000 %}{{ '%(a)s%(a)s%(a)s' % {'a': s} }}",
@@ -80,6 +83,8 @@ def test_huge_number_is_described_not_printed(in_tmp: Path) -> None:
     ("{% set ns = namespace(s='') %}{% for i in range(2) %}{% set ns.s = ns.s ~ name %}{% endfor %}{{ ns.s }}",
      "BoBo"),
     ("{{ [name, 'x'] | join('-') }} {{ name | replace('o', 'oo') }}", "Bo-x Boo"),
+    ("{{ 'a' ~ 1 ~ name }} {% set x %}{{ name }}!{% endset %}{{ x }} {{ none }}", "a1Bo Bo! None"),
+    ("{% macro m(v) %}<{{ v }}>{% endmacro %}{{ m(name) ~ m('x') }}", "<Bo><x>"),
     ("{{ range(3) | join('-') }} {{ '-'.join(name | list) }} {{ '%(n)s!' % {'n': name} }} {{ '{0}{0}'.format(name) }}",
      "0-1-2 B-o Bo! BoBo"),
     ("{% for c in name %}{{ c }}{{ loop.index }}/{{ loop.length }}{{ ',' if not loop.last }}{% endfor %}",
