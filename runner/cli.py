@@ -55,8 +55,10 @@ def error_handler(show_traceback: bool = False) -> Iterator[None]:
     try:
         yield
     except CampaignError as error:
+        from .safe_text import visible  # a message may quote a value from a file: no raw control bytes
+
         message = error.message if ": error: " in error.message else f"error: {error.message}"
-        _fail(message, int(error.exit_code), error.hint)
+        _fail(visible(message), int(error.exit_code), visible(error.hint) if error.hint else None)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except click.exceptions.Exit:
@@ -101,6 +103,12 @@ def _stdout() -> TextIO:
     return sys.stdout
 
 
+def _step_summary() -> Path | None:
+    """GitHub Actions names the step summary file in $GITHUB_STEP_SUMMARY (empty = none)."""
+    value = os.environ.get("GITHUB_STEP_SUMMARY")
+    return Path(value) if value else None
+
+
 class Group(click.Group):
     """Usage errors exit 2 (click's default) and never show a traceback."""
 
@@ -129,7 +137,8 @@ def validate(paths: tuple[Path, ...], output_format: str, strict: bool) -> None:
     with _handler():
         from .commands import ValidateSettings, run_validate
 
-        sys.exit(run_validate(ValidateSettings(paths, output_format, strict), now=now_utc(), out=_stdout()))
+        sys.exit(run_validate(ValidateSettings(paths, output_format, strict, step_summary=_step_summary()),
+                              now=now_utc(), out=_stdout()))
 
 
 API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
@@ -137,19 +146,24 @@ API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2"
 
 
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @API_OPTION
 @click.option("--all", "show_all", is_flag=True, help="Show every message, not the first 10.")
-@format_option(("text", "json", "markdown"))
+@format_option(("text", "json", "markdown", "github"))
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def plan(file: Path, api: str, show_all: bool, output_format: str, strict: bool) -> None:
-    """Dry run: every rendered message, its encoding and segments, and the totals."""
+@click.option("--show-pii", is_flag=True,
+              help="markdown/github: show phone numbers and personal values (masked by default).")
+def plan(files: tuple[Path, ...], api: str, show_all: bool, output_format: str, strict: bool, show_pii: bool) -> None:
+    """Dry run: every rendered message, its encoding and segments, and the totals.
+
+    Several FILES make one markdown comment (--format markdown)."""
     with _handler():
         from .commands import PlanSettings, run_plan
 
         _freeze_imports()
 
-        settings = PlanSettings(file, "v1" if api == "v1" else "v2", show_all, output_format, strict)
+        settings = PlanSettings(files[0], "v1" if api == "v1" else "v2", show_all, output_format, strict,
+                                show_pii=show_pii, more_files=files[1:], step_summary=_step_summary())
         sys.exit(run_plan(settings, now=now_utc(), out=_stdout()))
 
 
@@ -191,7 +205,7 @@ STATE_HELP = "Ledger file (default .campaign/state.db; .campaign/sandbox.db with
               help="Seconds to wait for an answer.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request attempt (secrets redacted).")
-@format_option(("text", "json"))
+@format_option(("text", "json", "github"))
 def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, region: str | None,
           base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool, max_in_flight: int,
           timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
@@ -204,7 +218,8 @@ def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, re
         settings = ApplySettings(file=file, state=state, api="v1" if api == "v1" else "v2", yes=yes, quiet=quiet,
                                  verbose=verbose, resend_uncertain=resend_uncertain, allow_changes=allow_changes,
                                  send_now=send_now, sandbox=sandbox, base_url=base_url, region=region,
-                                 output_format=output_format, max_in_flight=max_in_flight, timeout=timeout)
+                                 output_format=output_format, max_in_flight=max_in_flight, timeout=timeout,
+                                 step_summary=_step_summary())
         console = Console(out=_stdout(), err=sys.stderr,
                           interactive=sys.stdin.isatty() and sys.stderr.isatty(),
                           confirm=lambda question: click.confirm(question, default=False, err=True),

@@ -30,12 +30,12 @@ if TYPE_CHECKING:
     from .sandbox import Sandbox
 
 
-def _reporter(output_format: str, out: TextIO) -> Reporter:
+def _reporter(output_format: str, out: TextIO, *, show_pii: bool = False, step_summary: Path | None = None) -> Reporter:
     """The reporter for a format; `rich` is imported here, because `compile` has no use
     for it and a pipeline pays its import on every run."""
     from .report import REPORTER_BY_NAME
 
-    return REPORTER_BY_NAME[output_format](out)
+    return REPORTER_BY_NAME[output_format](out, show_pii=show_pii, step_summary=step_summary)
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,14 @@ class ValidateSettings:
     paths: tuple[Path, ...]
     output_format: str = "text"
     strict: bool = False
+    step_summary: Path | None = None  # $GITHUB_STEP_SUMMARY, for --format github
 
 
 def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> ExitCode:
     result = validate_paths(settings.paths, now=now, strict=settings.strict)
     if not result.files:
         raise CampaignError("no campaign files (*.yaml, *.yml) found", exit_code=ExitCode.USAGE)
-    _reporter(settings.output_format, out).validation(result)
+    _reporter(settings.output_format, out, step_summary=settings.step_summary).validation(result)
     return ExitCode.OK if result.ok else ExitCode.INVALID
 
 
@@ -60,13 +61,43 @@ class PlanSettings:
     show_all: bool = False
     output_format: str = "text"
     strict: bool = False
+    show_pii: bool = False  # markdown/github: phone numbers and personal values in clear
+    more_files: tuple[Path, ...] = ()  # markdown: further campaigns in the same comment
+    step_summary: Path | None = None  # $GITHUB_STEP_SUMMARY, for --format github
+
+
+MULTI_FILE_FORMATS = ("markdown",)
 
 
 def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO) -> ExitCode:
+    reporter = _reporter(settings.output_format, out, show_pii=settings.show_pii, step_summary=settings.step_summary)
+    if settings.more_files:
+        return _run_plans(settings, now=now, reporter=reporter)
     campaign, warnings = load_campaign(settings.file, now=now, strict=settings.strict)
     plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
-    _reporter(settings.output_format, out).plan(plan, show_all=settings.show_all)
+    reporter.plan(plan, show_all=settings.show_all)
     return ExitCode.OK
+
+
+def _run_plans(settings: PlanSettings, *, now: datetime, reporter: Reporter) -> ExitCode:
+    """Several campaigns, one output (one PR comment): a campaign that cannot be planned
+    is shown in its place with its error, the others still are; exit 1 if any failed."""
+    from .report import PlanFailure
+    from .plan import Plan
+
+    if settings.output_format not in MULTI_FILE_FORMATS:
+        raise CampaignError(f"--format {settings.output_format} plans one campaign file at a time",
+                            exit_code=ExitCode.USAGE, hint="--format markdown takes several files for one comment")
+    items: list[Plan | PlanFailure] = []
+    for path in (settings.file, *settings.more_files):
+        try:
+            campaign, warnings = load_campaign(path, now=now, strict=settings.strict)
+            items.append(build_plan(campaign, warnings, api=settings.api,
+                                    limit=None if settings.show_all else DEFAULT_SHOWN))
+        except CampaignError as error:
+            items.append(PlanFailure(str(path), error.message, error.hint))
+    reporter.plans(items, show_all=settings.show_all)
+    return ExitCode.INVALID if any(isinstance(item, PlanFailure) for item in items) else ExitCode.OK
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,7 @@ class ApplySettings:
     output_format: str = "text"
     max_in_flight: int = 8
     timeout: float = 30.0
+    step_summary: Path | None = None  # $GITHUB_STEP_SUMMARY, for --format github
 
     @property
     def state_path(self) -> Path:
@@ -191,7 +223,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
         ledger.finish_run(run_id)
         if sandbox is not None:
             _collect_sandbox_receipts(sandbox, ledger, campaign.id)
-    _reporter(settings.output_format, console.out).apply(result)
+    _reporter(settings.output_format, console.out, step_summary=settings.step_summary).apply(result)
     return result.exit_code
 
 

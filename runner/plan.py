@@ -7,14 +7,19 @@ plan over a million recipients needs no more memory than one over ten.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 from .compile import Compiled, Compiler, vendor_timestamp
-from .model import Api, Campaign, Diagnostic, Location, Message, Severity
+from .model import Api, Campaign, Diagnostic, Location, Message, RecipientFile, Severity
+from .recipients import iter_source
+from .render import Variable, same_value
+from .safe_text import MASK, control_characters
 
 DEFAULT_SHOWN = 10
 MAX_CHARACTER_WARNINGS = 10
@@ -46,6 +51,10 @@ class Plan:
     summary: PlanSummary
     messages: tuple[Message, ...]
     warnings: tuple[Diagnostic, ...]
+    # Each shown message's text without personal data, for output meant for a pull
+    # request: personal values (the recipient's own, its number and correlation id)
+    # replaced by `•••`; a text with logic shows its template instead.
+    masked_texts: tuple[str, ...] = ()
 
     def to_json(self, *, show_all: bool = False) -> dict[str, Any]:
         s = self.summary
@@ -99,10 +108,12 @@ def build_plan(
     """Compile the whole campaign without sending; keep the first `limit` messages (None = all)."""
     compiler = Compiler(campaign, api)
     shown: list[Message] = []
+    masked: list[str] = []
     if limit is None:
         def keep_all() -> Iterator[Compiled]:
             for item in compiler.iter_compiled():
                 shown.append(item.message)
+                masked.append(_masked_text(compiler, item))
                 yield item
 
         compiler.tally(keep_all())
@@ -111,7 +122,9 @@ def build_plan(
         # counters from the whole stream on compile's own path, which builds no `Message`
         # per row (half the time at a million rows).
         if limit:
-            shown.extend(islice(Compiler(campaign, api).iter_messages(), limit))
+            for item in islice(Compiler(campaign, api).iter_compiled(), limit):
+                shown.append(item.message)
+                masked.append(_masked_text(compiler, item))
         compiler.tally()
     stats = compiler.stats
     counts_known = campaign.content is not None or (campaign.template is not None and campaign.template.preview is not None)
@@ -134,7 +147,113 @@ def build_plan(
         send_at=campaign.send_at,
         expires_at=_expiry(campaign),
     )
-    return Plan(summary, tuple(shown), tuple(warnings) + tuple(_encoding_warnings(compiler)) + _template_note(campaign))
+    return Plan(summary, tuple(shown),
+                tuple(warnings) + tuple(_encoding_warnings(compiler)) + _template_note(campaign)
+                + tuple(control_character_warnings(campaign)),
+                tuple(masked))
+
+
+PERSONAL_BUILTINS = frozenset({"msisdn", "correlation_id"})
+
+
+def _masked_text(compiler: Compiler, item: Compiled) -> str:
+    """The message's shape without personal data (see `Plan.masked_texts`).
+
+    A plain text is rebuilt from its parts: literal text and campaign-wide values as
+    they are, each personal value (what the recipient's own `to[]` entry carries, and
+    the built-ins) as `•••`. A text with logic cannot be split that way (a filter may
+    print a value changed), so it shows its template.
+    """
+    text, renderer = compiler.text, compiler.renderer
+    if text is None or renderer is None:
+        return item.message.text  # a template id without preview: nothing personal is rendered here
+    if text.plain_parts is None:
+        return text.source
+    # Values a recipient file shares with all its rows are the campaign file's, not personal.
+    shared = next((source.substitutions for source in compiler.campaign.recipients
+                   if isinstance(source, RecipientFile) and source.display_name == item.message.origin.file), {})
+    out = []
+    for part in text.plain_parts:
+        name = part.name if isinstance(part, Variable) else None
+        if name is None:
+            out.append(str(part))
+        elif name in PERSONAL_BUILTINS:
+            out.append(MASK)
+        elif name in item.own_values:
+            value = item.own_values[name]
+            out.append(str(value) if name in shared and same_value(shared[name], value) else MASK)
+        elif name in renderer.campaign_layer:
+            out.append(str(renderer.campaign_layer[name]))
+        else:
+            out.append(MASK)
+    return "".join(out)
+
+
+# Bytes in a recipient file that may stand for a control character, by the byte that
+# starts them: raw C0 and DEL (but CR of a CRLF line end), C1 and bidi controls in
+# UTF-8, and JSON escapes. Each pattern starts with its literal byte, which `re` finds
+# fast; `bytes.translate` first drops every other byte at memory speed, so a chunk
+# with none of these bytes (the common case) costs almost nothing.
+_LEADS = {
+    0xC2: re.compile(rb"\xc2[\x80-\x9f]"),
+    0xD8: re.compile(rb"\xd8\x9c"),
+    0xE2: re.compile(rb"\xe2(?:\x80[\x8e\x8f\xaa-\xae]|\x81[\xa6-\xa9])"),
+    0x5C: re.compile(rb"\\(?:[rtbf]|u(?:00[01]|007f|00[89]|061c|200[ef]|202[a-e]|206[6-9]))", re.IGNORECASE),
+}
+_RAW_CONTROLS = frozenset(range(0x20)) - {0x0A, 0x0D} | {0x7F}
+_SAFE_BYTES = bytes(set(range(256)) - _RAW_CONTROLS - set(_LEADS) - {0x0A, 0x0D} | {0x0A})
+_SCAN_CHUNK = 1 << 20
+
+
+def _may_hold_control(path: Path) -> bool:
+    """A fast byte scan of a recipient file; only files it flags are parsed again to find
+    the rows (the common file has none, and costs one read)."""
+    try:
+        with path.open("rb") as stream:
+            tail = b""
+            while chunk := stream.read(_SCAN_CHUNK):
+                window = tail + chunk
+                tail = chunk[-8:]
+                suspects = set(window.translate(None, _SAFE_BYTES))
+                if suspects & _RAW_CONTROLS:
+                    return True
+                if 0x0D in suspects and window.count(b"\r") != window.count(b"\r\n"):
+                    return True  # a CR that is not a line end
+                if any(_LEADS[lead].search(window) for lead in suspects & _LEADS.keys()):
+                    return True
+    except OSError:
+        return False  # compile read it a moment ago; a file that vanished since is not this check's to report
+    return False
+
+
+def control_character_warnings(campaign: Campaign) -> list[Diagnostic]:
+    """Recipient values holding control characters (ESC, CR, bidi overrides...): an SMS
+    should not carry them, and on a terminal they can hide or recolour rows. One warning
+    per value, up to `MAX_CHARACTER_WARNINGS`, then a count; the value is never quoted."""
+    found: list[Diagnostic] = []
+    more = 0
+    for source in campaign.recipients:
+        if not isinstance(source, RecipientFile) or not _may_hold_control(source.path):
+            continue
+        for recipient in iter_source(source):
+            values: list[tuple[str, Any]] = sorted(recipient.substitutions.items())
+            if recipient.correlation_id is not None:
+                values.append(("correlationId", recipient.correlation_id))
+            for name, value in values:
+                names = control_characters(value) if isinstance(value, str) else []
+                if not names:
+                    continue
+                if len(found) < MAX_CHARACTER_WARNINGS:
+                    found.append(Diagnostic(
+                        recipient.origin, Severity.WARNING,
+                        f"value of '{name}' holds control character{'s' * (len(names) > 1)} {', '.join(names)}",
+                        "control-character", "an SMS should not carry control characters; remove them from the file"))
+                else:
+                    more += 1
+    if more:
+        found.append(Diagnostic(Location(campaign.source.display_name), Severity.WARNING,
+                                f"{more} more recipient values hold control characters", "control-character"))
+    return found
 
 
 def _expiry(campaign: Campaign) -> datetime | None:

@@ -9,8 +9,10 @@ stage.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 from rich.console import Console
@@ -21,7 +23,8 @@ from rich.text import Text
 from .compile import vendor_timestamp
 from .errors import CampaignError, ExitCode
 from .vendor import error_meaning
-from .model import Diagnostic, Severity
+from .model import Diagnostic, Location, Severity
+from .safe_text import mask_identifier, mask_msisdn, mask_numbers, markdown, visible
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -35,8 +38,13 @@ class Reporter:
 
     name: ClassVar[str] = ""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, *, show_pii: bool = False, step_summary: Path | None = None) -> None:
         self.out = out
+        # Output meant for a pull request masks phone numbers and personal values unless asked.
+        self.show_pii = show_pii
+        # GitHub's $GITHUB_STEP_SUMMARY file, when set: where the github format lists what
+        # the 10-per-step annotation limit hides.
+        self.step_summary = step_summary
 
     def write(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -49,6 +57,10 @@ class Reporter:
 
     def plan(self, plan: Plan, *, show_all: bool) -> None:
         raise self._unsupported("plan")
+
+    def plans(self, items: Sequence[Plan | PlanFailure], *, show_all: bool) -> None:
+        """Several campaigns in one output; only formats meant for one PR comment support it."""
+        raise self._unsupported("several campaign files")
 
     def apply(self, result: ApplyResult) -> None:
         raise self._unsupported("apply")
@@ -78,7 +90,7 @@ class TextReporter(Reporter):
 
     def validation(self, result: ValidationResult) -> None:
         for diagnostic in result.diagnostics:
-            self.write(str(diagnostic))
+            self.write(visible(str(diagnostic)))
         verdict = "ok" if result.ok else "failed"
         self.write(f"{verdict}: {_n(len(result.files), 'campaign file')} checked, "
                    f"{_counts(result.error_count, result.warning_count)}")
@@ -92,7 +104,7 @@ class TextReporter(Reporter):
         if hidden > 0 and plan.messages:
             console.print(f"... {_n(hidden, 'more message')} (--all shows every one)")
         for warning in plan.warnings:
-            self.write(str(warning))
+            self.write(visible(str(warning)))
 
     def apply(self, result: ApplyResult) -> None:
         r = result
@@ -113,7 +125,7 @@ class TextReporter(Reporter):
             status = f"HTTP {failure.http_status}" if failure.http_status else "no answer"
             code = f" {failure.code} ({error_meaning(failure.code)})" if failure.code else ""
             detail = failure.message.removeprefix(f"{status} ").lstrip(": ") if failure.http_status else failure.message
-            self.write(f"  batch {failure.batch_key}: {status}{code}: {detail}")
+            self.write(visible(f"  batch {failure.batch_key}: {status}{code}: {detail}"))
 
     def status(self, result: LedgerSummary) -> None:
         s = result
@@ -124,8 +136,8 @@ class TextReporter(Reporter):
             self.write("receipts:     " + _tally(s.receipts))
         for f in s.failures:
             code = f"{f.code} ({error_meaning(f.code)})" if f.code else "no code"
-            self.write(f"  failed {f.batches} batch{'es' * (f.batches != 1)} / {f.destinations} destinations: "
-                       f"{code}: {f.message}")
+            self.write(visible(f"  failed {f.batches} batch{'es' * (f.batches != 1)} / {f.destinations} "
+                               f"destinations: {code}: {f.message}"))
 
 
 class JsonReporter(Reporter):
@@ -183,72 +195,236 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+@dataclass(frozen=True)
+class PlanFailure:
+    """A campaign of a multi-file plan that could not be planned: shown in its place."""
+
+    file: str
+    message: str
+    hint: str | None = None
+
+
+GITHUB_SHOWN_PER_STEP = 10  # GitHub shows at most 10 error and 10 warning annotations of a step
+
+
 class GithubReporter(Reporter):
-    """GitHub Actions workflow commands: each problem becomes an annotation on the PR diff."""
+    """GitHub Actions workflow commands: each problem becomes an annotation on the PR diff.
+
+    GitHub shows only the first 10 annotations of each kind per step; with more than 10
+    in all, every one is also listed in the step summary ($GITHUB_STEP_SUMMARY), and the
+    log says how many the diff does not show.
+    """
 
     name = "github"
 
-    def validation(self, result: ValidationResult) -> None:
-        for d in result.diagnostics:
+    def _clean(self, text: str) -> str:
+        return visible(text if self.show_pii else mask_numbers(text))
+
+    def _annotate(self, diagnostics: Sequence[Diagnostic], what: str) -> None:
+        for d in diagnostics:
             level = "error" if d.severity is Severity.ERROR else "warning"
-            props = [f"file={_escape_property(d.location.file)}"]
+            props = [f"file={_escape_property(self._clean(d.location.file))}"]
             if d.location.line:
                 props.append(f"line={d.location.line}")
             if d.location.col:
                 props.append(f"col={d.location.col}")
             props.append(f"title={_escape_property(d.rule)}")
-            message = d.message + (f" (hint: {d.hint})" if d.hint else "")
+            message = self._clean(d.message + (f" (hint: {d.hint})" if d.hint else ""))
             self.write(f"::{level} {','.join(props)}::{_escape_data(message)}")
+        errors = sum(d.severity is Severity.ERROR for d in diagnostics)
+        hidden = max(errors - GITHUB_SHOWN_PER_STEP, 0) + max(len(diagnostics) - errors - GITHUB_SHOWN_PER_STEP, 0)
+        if len(diagnostics) > GITHUB_SHOWN_PER_STEP:
+            where = self._write_summary(diagnostics, what)
+            if hidden:
+                self.write(f"{_n(hidden, 'annotation')} of {len(diagnostics):,} not shown on the diff "
+                           f"(GitHub shows {GITHUB_SHOWN_PER_STEP} errors and {GITHUB_SHOWN_PER_STEP} warnings "
+                           f"per step); {where}")
+
+    def _write_summary(self, diagnostics: Sequence[Diagnostic], what: str) -> str:
+        if self.step_summary is None:
+            return "set GITHUB_STEP_SUMMARY to list them all in the step summary"
+        lines = [f"### campaign {what}: {_n(len(diagnostics), 'problem')}", "",
+                 "| location | severity | rule | message |", "|---|---|---|---|"]
+        lines += [_markdown_diagnostic_row(d, self.show_pii) for d in diagnostics]
+        text = _bounded("\n".join(lines), MARKDOWN_BUDGET) + "\n\n"
+        try:
+            with self.step_summary.open("a", encoding="utf-8") as summary:
+                summary.write(text)
+        except OSError as error:
+            raise CampaignError(f"cannot append to GITHUB_STEP_SUMMARY file {self.step_summary}: "
+                                f"{error.strerror or error}", exit_code=ExitCode.USAGE) from None
+        return "all are listed in the step summary"
+
+    def validation(self, result: ValidationResult) -> None:
+        self._annotate(result.diagnostics, "validate")
         self.write(f"{'ok' if result.ok else 'failed'}: {_counts(result.error_count, result.warning_count)}")
+
+    def plan(self, plan: Plan, *, show_all: bool) -> None:
+        self._annotate(plan.warnings, "plan")
+        s = plan.summary
+        self.write(self._clean(f"plan {s.campaign_id}: {_n(s.recipients, 'recipient')}, {_n(s.requests, 'request')}, "
+                               f"{_n(s.messages, 'message')}, "
+                               f"{'unknown' if s.segments is None else f'{s.segments:,}'} segments, "
+                               f"{_n(len(plan.warnings), 'warning')}"))
+
+    def apply(self, result: ApplyResult) -> None:
+        r = result
+        failures = []
+        for failure in r.failures:
+            status = f"HTTP {failure.http_status}" if failure.http_status else "no answer"
+            code = f" {failure.code} ({error_meaning(failure.code)})" if failure.code else ""
+            message = self._clean(f"batch {failure.batch_key}: {status}{code}: {failure.message}")
+            self.write(f"::error title={_escape_property('apply failed')}::{_escape_data(message)}")
+            failures.append(Diagnostic(Location(r.campaign_id), Severity.ERROR, message, "apply-failed"))
+        if len(failures) > GITHUB_SHOWN_PER_STEP:
+            where = self._write_summary(failures, "apply")
+            self.write(f"{_n(len(failures) - GITHUB_SHOWN_PER_STEP, 'annotation')} of {len(failures):,} not shown "
+                       f"(GitHub shows {GITHUB_SHOWN_PER_STEP} errors per step); {where}")
+        if r.uncertain:
+            self.write(f"::warning title=apply uncertain::{_n(r.uncertain, 'request')} "
+                       f"({_n(r.uncertain_destinations, 'destination')}) may or may not have been sent")
+        self.write(f"{'interrupted' if r.interrupted else 'sent'}: {_n(r.accepted_destinations, 'destination')} "
+                   f"accepted in {_n(r.accepted, 'request')}; {r.already_accepted:,} already accepted, "
+                   f"{r.failed:,} failed, {r.uncertain:,} uncertain")
+
+
+def _markdown_diagnostic_row(d: Diagnostic, show_pii: bool) -> str:
+    def cell(text: str) -> str:
+        return _md_cell(text if show_pii else mask_numbers(text))
+
+    message = d.message + (f" (hint: {d.hint})" if d.hint else "")
+    return f"| {cell(str(d.location))} | {d.severity.value} | {cell(d.rule)} | {cell(message)} |"
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text.rfind("\n", 0, limit - 80)
+    return text[: max(cut, 0)] + f"\n\n_… {len(text) - max(cut, 0):,} characters cut to fit a comment_"
 
 
 class MarkdownReporter(Reporter):
-    """For pull-request comments: bounded length, details collapsed."""
+    """For pull-request comments: every value escaped (`safe_text.markdown`), phone numbers
+    and personal values masked unless `show_pii`, bounded to GitHub's comment limit with
+    the biggest message tables collapsed and cut first."""
 
     name = "markdown"
 
     def validation(self, result: ValidationResult) -> None:
         icon = "✅" if result.ok else "❌"
-        self.write(f"### {icon} campaign validate: {_counts(result.error_count, result.warning_count)}")
-        self.write()
+        lines = [f"### {icon} campaign validate: {_counts(result.error_count, result.warning_count)}", ""]
         if result.diagnostics:
-            self.write("| location | severity | rule | message |")
-            self.write("|---|---|---|---|")
-            for d in result.diagnostics:
-                self.write(f"| `{_md_cell(str(d.location))}` | {d.severity.value} | `{d.rule}` | "
-                           f"{_md_cell(d.message)} |")
+            lines += ["| location | severity | rule | message |", "|---|---|---|---|"]
+            lines += [_markdown_diagnostic_row(d, self.show_pii) for d in result.diagnostics]
+        self.write(_bounded("\n".join(lines), MARKDOWN_BUDGET))
 
     def plan(self, plan: Plan, *, show_all: bool) -> None:
+        self.plans([plan], show_all=show_all)
+
+    def plans(self, items: Sequence[Plan | PlanFailure], *, show_all: bool) -> None:
+        # Many campaigns with many warnings: fewer warnings each before any campaign's head is cut.
+        for warnings_shown in (MARKDOWN_WARNINGS, 5, 0):
+            sections = [self._failure(item) if isinstance(item, PlanFailure) else self._plan_section(item, warnings_shown)
+                        for item in items]
+            if _fixed_size(sections) <= MARKDOWN_BUDGET:
+                break
+        self.write(_fit_sections(sections, MARKDOWN_BUDGET))
+
+    def _cell(self, text: str) -> str:
+        return _md_cell(text if self.show_pii else mask_numbers(text))
+
+    def _failure(self, failure: PlanFailure) -> _Section:
+        lines = [f"### ❌ Campaign plan failed: {self._cell(failure.file)}", "", self._cell(failure.message)]
+        if failure.hint:
+            lines += ["", f"hint: {self._cell(failure.hint)}"]
+        return _Section("\n".join(lines), "", [], "")
+
+    def _plan_section(self, plan: Plan, warnings_shown: int | None = None) -> _Section:
         s = plan.summary
-        lines = [f"### Campaign plan: `{s.campaign_id}`", "", "| | |", "|---|---|"]
-        lines += [f"| {name} | {_md_cell(value)} |" for name, value in _summary_rows(plan)]
+        warnings_shown = MARKDOWN_WARNINGS if warnings_shown is None else warnings_shown
+        lines = [f"### Campaign plan: {self._cell(s.campaign_id)}", "", "| | |", "|---|---|"]
+        lines += [f"| {name} | {self._cell(value)} |" for name, value in _summary_rows(plan)]
         if plan.warnings:
             lines += ["", f"**{len(plan.warnings)} warning{'s' * (len(plan.warnings) != 1)}**", ""]
-            lines += [f"- `{_md_cell(str(w.location))}` {_md_cell(w.message)}"
-                      + (f" — {_md_cell(w.hint)}" if w.hint else "") for w in plan.warnings[:MARKDOWN_WARNINGS]]
-            if len(plan.warnings) > MARKDOWN_WARNINGS:
-                lines.append(f"- … {len(plan.warnings) - MARKDOWN_WARNINGS} more (run `campaign plan` for all)")
-        lines += ["", f"<details><summary>Messages ({len(plan.messages)} of {s.messages} shown)</summary>", "",
-                  "| # | msisdn | correlationId | encoding | segments | text |", "|---|---|---|---|---|---|"]
-        budget = MARKDOWN_BUDGET - sum(len(line) + 1 for line in lines)
+            lines += [f"- {self._cell(str(w.location))}: {self._cell(w.message)} ({self._cell(w.rule)})"
+                      + (f" — {self._cell(w.hint)}" if w.hint else "") for w in plan.warnings[:warnings_shown]]
+            if len(plan.warnings) > warnings_shown:
+                lines.append(f"- … {len(plan.warnings) - warnings_shown} more (run `campaign plan` for all)")
+        masked = not self.show_pii
+        text_header = "text (personal values •••)" if masked else "text"
+        opening = "\n".join(["", f"<details><summary>Messages ({len(plan.messages)} of {s.messages:,} shown"
+                             f"{', phone numbers and personal values masked' if masked else ''})</summary>", "",
+                             f"| # | msisdn | correlationId | encoding | segments | characters | {text_header} |",
+                             "|---|---|---|---|---|---|---|"])
+        rows = []
         for number, m in enumerate(plan.messages, 1):
-            row = (f"| {number} | `{m.msisdn}` | `{m.correlation_id}` | {m.count.encoding.value} | "
-                   f"{m.count.segments} | {_md_cell(m.text)} |")
-            if budget - len(row) < 200:
-                lines.append(f"\n_{len(plan.messages) - number + 1} more rows cut to fit a comment_")
+            segments = "?" if s.segments is None else str(m.count.segments)
+            if masked:
+                shown = plan.masked_texts[number - 1] if number <= len(plan.masked_texts) else "•••"
+                msisdn, correlation_id = mask_msisdn(m.msisdn), mask_identifier(m.correlation_id)
+            else:
+                shown, msisdn, correlation_id = m.text, m.msisdn, m.correlation_id
+            rows.append(f"| {number} | {self._cell(msisdn)} | {self._cell(correlation_id)} | "
+                        f"{m.count.encoding.value} | {segments} | {len(m.text):,} | {_md_cell(shown)} |")
+        return _Section("\n".join(lines), opening, rows, "\n</details>")
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One campaign's part of a comment: a head always shown, and a table of rows that
+    may be cut to fit (`opening` + rows + `closing`)."""
+
+    head: str
+    opening: str
+    rows: list[str]
+    closing: str
+
+    def render(self, keep: int) -> str:
+        if not self.opening:
+            return self.head
+        rows = self.rows[:keep]
+        cut = len(self.rows) - keep
+        note = [f"\n_{_n(cut, 'more row')} cut to fit a comment_"] if cut > 0 else []
+        return "\n".join([self.head, self.opening, *rows, *note, self.closing])
+
+
+_SEPARATOR = "\n\n"
+
+
+def _fixed_size(sections: list[_Section]) -> int:
+    """Characters the sections need with no table rows (and room for each cut note)."""
+    return sum(len(section.render(0)) + len(_SEPARATOR) + 120 for section in sections)
+
+
+def _fit_sections(sections: list[_Section], budget: int) -> str:
+    """Join sections within `budget` characters. Each head is kept whole; the room left is
+    shared among the message tables like water poured into glasses: small tables keep
+    every row, the biggest are cut first and say so. Heads that alone pass the budget
+    are cut at the end, with a note."""
+    room = budget - _fixed_size(sections)
+    wanted = [sum(len(row) + 1 for row in section.rows) for section in sections]
+    keep = [0] * len(sections)
+    order = sorted(range(len(sections)), key=lambda index: wanted[index])
+    for position, index in enumerate(order):
+        share = max(room, 0) // (len(order) - position)
+        used = 0
+        for row in sections[index].rows:
+            if used + len(row) + 1 > share:
                 break
-            budget -= len(row) + 1
-            lines.append(row)
-        lines += ["", "</details>"]
-        self.write("\n".join(lines))
+            used += len(row) + 1
+            keep[index] += 1
+        room -= used
+    text = _SEPARATOR.join(section.render(kept) for section, kept in zip(sections, keep))
+    return _bounded(text, budget)
 
 
 def _md_cell(text: str, limit: int = 500) -> str:
-    flat = text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    """A value for a table cell or a line: escaped for markdown and HTML, on one line, bounded."""
+    flat = text if len(text) <= limit else text[: limit - 1] + "…"
+    return markdown(flat, newlines="<br>")
 
 
-MARKDOWN_BUDGET = 60_000  # GitHub comments stop at 65,536 characters
+MARKDOWN_BUDGET = 65_000  # GitHub comments stop at 65,536 characters; the margin is for a caller's heading
 MARKDOWN_WARNINGS = 20
 
 
@@ -285,11 +461,11 @@ def _summary_rows(plan: Plan) -> list[tuple[str, str]]:
 
 
 def _summary_table(plan: Plan) -> Table:
-    table = Table(title=Text(f"Plan for {plan.summary.campaign_id}"), show_header=False, box=None)
+    table = Table(title=Text(visible(f"Plan for {plan.summary.campaign_id}")), show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
     for name, value in _summary_rows(plan):
-        table.add_row(name, Text(value))
+        table.add_row(name, Text(visible(value)))
     return table
 
 
@@ -299,8 +475,8 @@ def _messages_table(plan: Plan) -> Table:
         table.add_column(name, overflow="fold")
     for number, m in enumerate(plan.messages, 1):
         segments = "?" if plan.summary.segments is None else str(m.count.segments)
-        table.add_row(str(number), Text(m.msisdn), Text(m.correlation_id), m.count.encoding.value, segments,
-                      Text(m.text))
+        table.add_row(str(number), Text(visible(m.msisdn)), Text(visible(m.correlation_id)), m.count.encoding.value,
+                      segments, Text(visible(m.text)))
     return table
 
 

@@ -34,6 +34,7 @@ from .model import (
     ExcludeSource,
     InlineRecipient,
     JsonPath,
+    Location,
     Options,
     RecipientFile,
     RecipientSource,
@@ -45,6 +46,7 @@ from .model import (
 from .msisdn import invalid_reason, normalise_msisdn
 from .recipients import check_source_readable, source_columns
 from .render import BUILTIN_VARIABLES, compile_text
+from .safe_text import control_characters
 
 DEFAULT_TPS = 10
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
@@ -169,6 +171,54 @@ def _check(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
     if schema_errors:
         return  # rules below assume the shape is right
     yield from _rule_checks(doc, now)
+    yield from _control_checks(doc, doc.data, ())
+
+
+def _exact_text_error(doc: SourceDocument, path: JsonPath, text: str, first: CampaignError) -> CampaignError | None:
+    """The same error located exactly: YAML gives where the value's token starts (its
+    quote, or a block's `|`), not its first character. Read only when there is an error."""
+    where = doc.locate(path)
+    try:
+        lines = doc.path.read_text(encoding="utf-8").splitlines()
+        token = lines[where.line - 1][where.col - 1]
+    except (OSError, UnicodeError, IndexError):
+        return None
+    if token in "\"'":
+        if not getattr(first, "exact", False):
+            return None  # a parse error has no column of its own: it stays at the value
+        start, indent = Location(where.file, where.line, where.col + 1), None
+    elif token in "|>" and where.line < len(lines):
+        body = lines[where.line]
+        indent = len(body) - len(body.lstrip(" "))
+        start = Location(where.file, where.line + 1, indent + 1)
+    else:
+        return None
+    try:
+        compile_text(text, start, indent=indent)
+    except CampaignError as error:
+        return error
+    return None
+
+
+def _control_checks(doc: SourceDocument, node: Any, path: JsonPath) -> Iterator[Diagnostic]:
+    """Strings of the file holding control characters (ESC, CR, bidi overrides...): an SMS
+    should not carry them, and on a terminal or in a review they hide what follows.
+    A warning that names the characters, never the value."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if isinstance(name, str) and control_characters(name):
+                yield _diag(doc, (*path, name), f"key holds control characters {', '.join(control_characters(name))}",
+                            "control-character", key=True, severity=Severity.WARNING)
+            yield from _control_checks(doc, value, (*path, name))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _control_checks(doc, item, (*path, index))
+    elif isinstance(node, str):
+        names = control_characters(node)
+        if names:
+            yield _diag(doc, path, f"value holds control character{'s' * (len(names) > 1)} {', '.join(names)}",
+                        "control-character", severity=Severity.WARNING,
+                        hint="an SMS should not carry control characters; write a line break as a real one")
 
 
 def _diag(doc: SourceDocument, path: JsonPath, message: str, rule: str, *, hint: str | None = None,
@@ -282,9 +332,13 @@ def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
                         "text-length")
         try:
             compiled = compile_text(text, doc.locate(path))
-        except CampaignError as error:
-            yield _diag(doc, path, error.message.split(": error: ", 1)[-1].rsplit(" [", 1)[0], "template-syntax",
-                        hint=error.hint)
+        except CampaignError as first:
+            error = _exact_text_error(doc, path, text, first) or first
+            diagnostic = _diag(doc, path, error.message.split(": error: ", 1)[-1].rsplit(" [", 1)[0],
+                               "template-syntax", hint=error.hint)
+            where = getattr(error, "location", None)  # the line inside the text, when known
+            yield Diagnostic(where, Severity.ERROR, diagnostic.message, diagnostic.rule, diagnostic.hint) \
+                if isinstance(where, Location) and where.line else diagnostic
             continue
         used_smartlinks |= compiled.smartlink_ids
         if path == ("content", "text"):
