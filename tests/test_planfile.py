@@ -333,3 +333,19 @@ def test_plan_against_state_with_everything_accepted_has_nothing_to_send(tmp_pat
     code, out, _ = plan(campaign, state=state, detailed_exitcode=True)
     assert code == 0
     assert "8 destinations already accepted, 0 failed, 0 uncertain; to send: 0 messages" in out
+
+
+def test_a_change_that_breaks_the_csv_is_named_as_a_change_not_as_an_invalid_campaign(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    campaign = make_campaign(tmp_path)
+    plan_path = tmp_path / "promo.plan.json"
+    plan(campaign, save_to=plan_path)
+    with (tmp_path / "data" / "people.csv").open("a", encoding="utf-8") as stream:
+        stream.write(f"{number(8)},only-two-cells\n")
+    code, out, _ = plan(campaign, check=plan_path)
+    assert (code, out.splitlines()[0]) == (1, f"{plan_path}: stale: data/people.csv (recipients): changed")
+    with pytest.raises(CampaignError) as raised:
+        apply(plan_path, sandbox, tmp_path / "s.db")
+    assert raised.value.exit_code == ExitCode.REFUSED
+    assert sandbox.messages() == []
