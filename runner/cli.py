@@ -306,6 +306,20 @@ def listen(state: Path, host: str, port: int) -> None:
 
 
 @cli.command()
+@click.option("--since", required=True, metavar="REF",
+              help="Git ref to compare the work tree with (e.g. origin/main, or the commit before a push).")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@format_option(("text", "json"))
+@click.option("--deleted", is_flag=True, help="List the campaign files deleted since REF instead.")
+def affected(since: str, paths: tuple[Path, ...], output_format: str, deleted: bool) -> None:
+    """Campaign files whose own file or recipients/exclude files changed since REF, one a line."""
+    with _handler():
+        from .commands import AffectedSettings, run_affected
+
+        sys.exit(run_affected(AffectedSettings(since, paths, output_format, deleted), out=_stdout()))
+
+
+@cli.command()
 def schema() -> None:
     """Print the campaign JSON Schema (for editors and other tools)."""
     with _handler():

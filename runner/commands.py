@@ -364,3 +364,29 @@ def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitC
         summary = ledger.summary(campaign.id)
     _reporter(settings.output_format, out).status(summary)
     return ExitCode.PARTIAL if summary.batches.get("failed") or summary.batches.get("uncertain") else ExitCode.OK
+
+
+# --- affected ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AffectedSettings:
+    since: str
+    paths: tuple[Path, ...] = ()
+    output_format: str = "text"
+    deleted: bool = False  # list the deleted campaigns instead of the affected ones (text)
+
+
+def run_affected(settings: AffectedSettings, *, out: TextIO, cwd: Path | None = None) -> ExitCode:
+    """One path a line (what a shell loop reads), or one JSON object with both lists."""
+    import json
+
+    from .affected import find_affected
+
+    result = find_affected(settings.since, settings.paths, cwd=cwd)
+    if settings.output_format == "json":
+        out.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        for path in result.deleted if settings.deleted else result.campaigns:
+            out.write(path + "\n")
+    return ExitCode.OK
