@@ -59,7 +59,6 @@ cmd_plan() {
     if (( rc != 0 )); then
       failed=1; echo "- ❌ \`$f\`: invalid (see the annotations)" >> "$statuses"; continue
     fi
-    { echo "### \`$f\`"; echo; } >> "$details"
     rc=0; campaign plan --format markdown "$f" >> "$details" 2>> "$out/errors.log" || rc=$?
     echo >> "$details"
     if (( rc != 0 )); then
@@ -76,7 +75,7 @@ cmd_plan() {
     else
       failed=1
       echo "- ❌ \`$f\`: \`$saved\` is stale; run \`campaign plan $f -o $saved\` and commit it" >> "$statuses"
-      printf '%s\n' "$check" | sed 's/^/  - /' >> "$statuses"
+      printf '%s\n' "$check" | sed -n 's/^.*: stale: /  - /p' >> "$statuses"
     fi
   done <<< "$campaigns"
   while IFS= read -r f; do

@@ -112,7 +112,7 @@ def test_plan_of_a_new_campaign_with_its_saved_plan_passes_and_writes_one_commen
     assert body.startswith(MARKER + "\n## Campaign plans\n")
     assert ("- ✅ `campaigns/gamma.yaml`: `campaigns/gamma.plan.json` is current; merging sends exactly this plan"
             in body)
-    assert "### `campaigns/gamma.yaml`" in body
+    assert "Campaign plan: `gamma`" in body
     assert "alpha" not in body and "beta" not in body
     assert summary.read_text() == body
 
@@ -127,7 +127,8 @@ def test_plan_of_a_csv_only_change_without_a_new_plan_fails_naming_the_csv(repo:
     assert run.returncode == 1
     body = (repo / ".campaign" / "ci" / "comment.md").read_text()
     assert "- ❌ `campaigns/alpha.yaml`: `campaigns/alpha.plan.json` is stale" in body
-    assert "stale: data/alpha.csv (recipients): changed" in body
+    assert "is stale; run `campaign plan campaigns/alpha.yaml -o campaigns/alpha.plan.json` and commit it\n" \
+        "  - data/alpha.csv (recipients): changed\n\n" in body
     save_plan(repo, "alpha")
     commit_all(repo, "plan again")
     assert script(repo, "plan", env).returncode == 0
