@@ -59,7 +59,7 @@ cmd_plan() {
     if (( rc != 0 )); then
       failed=1; echo "- ❌ \`$f\`: invalid (see the annotations)" >> "$statuses"; continue
     fi
-    rc=0; campaign plan --format markdown "$f" >> "$details" 2>> "$out/errors.log" || rc=$?
+    rc=0; campaign plan --format markdown "${state_args[@]}" "$f" >> "$details" 2>> "$out/errors.log" || rc=$?
     echo >> "$details"
     if (( rc != 0 )); then
       failed=1; echo "- ❌ \`$f\`: plan failed (exit $rc)" >> "$statuses"; continue

@@ -86,7 +86,7 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
     if settings.state is not None:
         ledger_counts, to_send = _plan_against_state(campaign, settings, plan.summary.messages)
         if settings.output_format != "json":
-            out.write(_ledger_totals_line(settings.state, ledger_counts, to_send))
+            out.write(_ledger_totals_line(ledger_counts, to_send))
     if settings.save_to is not None:
         from .planfile import build_saved_plan, write_plan
 
@@ -151,10 +151,12 @@ def _plan_against_state(campaign: Campaign, settings: PlanSettings, planned: int
     return counts, Compiler(campaign, settings.api, skip=accepted.__contains__).tally().messages
 
 
-def _ledger_totals_line(state: Path, counts: LedgerCounts | None, to_send: int) -> str:
+def _ledger_totals_line(counts: LedgerCounts | None, to_send: int) -> str:
+    """The ledger is not named: a state URL may hold a password, and this line goes into
+    pull request comments."""
     if counts is None:
-        return f"ledger {state}: none yet (nothing sent); to send: {to_send} messages\n"
-    return (f"ledger {state}: {counts.accepted} destinations already accepted, {counts.failed} failed, "
+        return f"ledger: none yet (nothing sent); to send: {to_send} messages\n"
+    return (f"ledger: {counts.accepted} destinations already accepted, {counts.failed} failed, "
             f"{counts.uncertain} uncertain; to send: {to_send} messages\n")
 
 

@@ -151,6 +151,21 @@ def test_plan_of_a_yaml_only_change_without_a_plan_file_fails_and_deleted_campai
     assert "- 🗑️ `campaigns/beta.yaml`: deleted; nothing is sent" in body
 
 
+def test_plan_against_a_ledger_shows_what_is_already_sent(repo: Path, tmp_path: Path) -> None:
+    state = tmp_path / "ledger.db"
+    assert script(repo, "apply", {**base_env(tmp_path), "CAMPAIGNS": "campaigns/alpha.yaml",
+                                  "CAMPAIGN_STATE": str(state), "CAMPAIGN_APPLY_ARGS": "--sandbox"}).returncode == 0
+    git(repo, "switch", "-q", "-c", "pr")
+    with (repo / "campaigns" / "data" / "alpha.csv").open("a") as stream:
+        stream.write(f"{number(5)},Cy\n")
+    save_plan(repo, "alpha")
+    commit_all(repo, "one more row")
+    run = script(repo, "plan", {**base_env(tmp_path), "CAMPAIGN_BASE": "main", "CAMPAIGN_STATE": str(state)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    body = (repo / ".campaign" / "ci" / "comment.md").read_text()
+    assert "ledger: 2 destinations already accepted, 0 failed, 0 uncertain; to send: 1 messages" in body
+
+
 def test_plan_of_an_invalid_campaign_fails_with_annotations(repo: Path, tmp_path: Path) -> None:
     git(repo, "switch", "-q", "-c", "pr")
     beta = repo / "campaigns" / "beta.yaml"
