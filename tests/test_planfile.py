@@ -349,3 +349,14 @@ def test_a_change_that_breaks_the_csv_is_named_as_a_change_not_as_an_invalid_cam
         apply(plan_path, sandbox, tmp_path / "s.db")
     assert raised.value.exit_code == ExitCode.REFUSED
     assert sandbox.messages() == []
+
+
+def test_apply_of_a_v1_plan_sends_through_api_v1(tmp_path: Path, sandbox: Sandbox) -> None:
+    campaign = make_campaign(tmp_path, rows=2)
+    plan_path = tmp_path / "promo.plan.json"
+    plan(campaign, save_to=plan_path, api="v1")
+    assert read_plan(plan_path).api == "v1"
+    assert read_plan(plan_path).requests.count == 3  # one request per destination on v1
+    assert apply(plan_path, sandbox, tmp_path / "s.db")[0] == 0
+    assert sorted((m.api, m.msisdn) for m in sandbox.messages()) == [
+        ("v1", number(0)), ("v1", number(1)), ("v1", number(500))]
