@@ -241,8 +241,10 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
 
     from .planfile import is_saved_plan
 
+    verified: bytes | None = None  # per-request fingerprints when applying a saved plan
+    plan_path = settings.file
     if is_saved_plan(settings.file):
-        settings = _settings_from_saved_plan(settings, now=now, err=console.err)
+        settings, verified = _settings_from_saved_plan(settings, now=now, err=console.err)
     campaign, warnings = load_campaign(settings.file, now=now)
     campaign = schedule_for_now(campaign, now, send_now=settings.send_now)
     plan = build_plan(campaign, warnings, api=settings.api, limit=0)
@@ -282,7 +284,12 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
         policy = SendPolicy(max_in_flight=settings.max_in_flight, resend_uncertain=settings.resend_uncertain)
         applier = Applier(campaign, ledger=ledger, sender=client, api=settings.api, policy=policy, run_id=run_id,
                           on_progress=progress, log=log)
-        result = applier.run(compiler.iter_batches())
+        batches = compiler.iter_batches()
+        if verified is not None and compiler.skip is None:
+            from .planfile import guard_batches
+
+            batches = guard_batches(batches, verified, plan_path)
+        result = applier.run(batches)
         ledger.finish_run(run_id)
         if sandbox is not None:
             _collect_sandbox_receipts(sandbox, ledger, campaign.id)
@@ -290,10 +297,11 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
     return result.exit_code
 
 
-def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: TextIO) -> ApplySettings:
+def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: TextIO) -> tuple[ApplySettings, bytes]:
     """`apply PLAN`: the campaign the plan names, sent only if it would send exactly the
     reviewed requests. Every input and the request bodies are recomputed here; anything
-    that differs refuses (exit 4) before a ledger is opened or a request made."""
+    that differs refuses (exit 4) before a ledger is opened or a request made. Returns
+    the verified requests' fingerprints, which the send is checked against."""
     from dataclasses import replace
 
     from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
@@ -301,9 +309,10 @@ def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: Te
     plan_path = settings.file
     saved = read_plan(plan_path)
     changes = stale_inputs(saved, plan_path)
+    fingerprints = bytearray()
     if not changes:
         campaign, _ = load_campaign(campaign_path(saved, plan_path), now=now)
-        changes = differences(saved, snapshot(campaign, saved.api, plan_path=plan_path))
+        changes = differences(saved, snapshot(campaign, saved.api, plan_path=plan_path, fingerprints=fingerprints))
     if changes:
         raise CampaignError(
             f"{plan_path}: the saved plan is stale, nothing sent: " + "; ".join(changes),
@@ -311,7 +320,7 @@ def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: Te
             hint=f"review a new plan (`campaign plan {campaign_path(saved, plan_path)} -o {plan_path}`), then apply it",
         )
     err.write(f"{plan_path}: saved plan matches {saved.campaign_file} ({saved.requests.count} requests)\n")
-    return replace(settings, file=campaign_path(saved, plan_path), api=saved.api)
+    return replace(settings, file=campaign_path(saved, plan_path), api=saved.api), bytes(fingerprints)
 
 
 def _sandbox_for(campaign: Campaign) -> Sandbox:

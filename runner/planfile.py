@@ -26,7 +26,7 @@ from typing import Any
 from . import __version__
 from .compile import Compiler, vendor_timestamp
 from .errors import CampaignError, ExitCode
-from .model import Api, Campaign, RecipientFile
+from .model import Api, Batch, Campaign, RecipientFile
 from .plan import PlanSummary
 
 FORMAT_VERSION = 1
@@ -127,15 +127,47 @@ def input_digests(campaign: Campaign) -> tuple[InputDigest, ...]:
     return tuple(InputDigest(role, _relative(path, campaign.base_dir), file_sha256(path)) for role, path in files)
 
 
-def request_digest(campaign: Campaign, api: Api) -> RequestDigest:
-    """One full compile, hashed as it streams: nothing but the digest is kept in memory."""
+# Per request, for `guard_batches`: 8 bytes each, so a million v1 requests keep 8 MB.
+_FINGERPRINT_BYTES = 8
+
+
+def _fingerprint(wire: bytes) -> bytes:
+    return hashlib.blake2b(wire, digest_size=_FINGERPRINT_BYTES).digest()
+
+
+def request_digest(campaign: Campaign, api: Api, *, fingerprints: bytearray | None = None) -> RequestDigest:
+    """One full compile, hashed as it streams. With `fingerprints`, a short digest of each
+    request is appended to it, for `guard_batches` to check the send against."""
     digest = hashlib.sha256()
     count = 0
     for wire in Compiler(campaign, api).iter_wire():
-        digest.update(wire.encode("utf-8"))
+        data = wire.encode("utf-8")
+        digest.update(data)
         digest.update(b"\n")
+        if fingerprints is not None:
+            fingerprints += _fingerprint(data)
         count += 1
     return RequestDigest(count, digest.hexdigest())
+
+
+def guard_batches(batches: Iterator[Batch], fingerprints: bytes, plan_path: Path) -> Iterator[Batch]:
+    """The batches apply sends, each checked against the request verified before: files
+    are read again to send, and one changed in between (after the check, while a prompt
+    waits) stops the send before the first request that differs. For a full compile only
+    (indexes from 0): a re-plan after --allow-changes sends a subset with other indexes."""
+    expected = len(fingerprints) // _FINGERPRINT_BYTES
+    for batch in batches:
+        start = batch.index * _FINGERPRINT_BYTES
+        if batch.index >= expected or fingerprints[start:start + _FINGERPRINT_BYTES] != _fingerprint(
+                batch.json().encode("utf-8")):
+            raise CampaignError(
+                f"{plan_path}: request {batch.index + 1} is not the one verified against the saved plan: an input "
+                "changed after the check; stopped before sending it",
+                exit_code=ExitCode.REFUSED,
+                hint="requests sent before it are in the ledger; review a new plan, then apply it "
+                "(with --allow-changes if some were sent)",
+            )
+        yield batch
 
 
 def build_saved_plan(campaign: Campaign, summary: PlanSummary, *, plan_path: Path, created_at: datetime,
@@ -163,10 +195,11 @@ def build_saved_plan(campaign: Campaign, summary: PlanSummary, *, plan_path: Pat
     )
 
 
-def snapshot(campaign: Campaign, api: Api, *, plan_path: Path) -> SavedPlan:
+def snapshot(campaign: Campaign, api: Api, *, plan_path: Path, fingerprints: bytearray | None = None) -> SavedPlan:
     """What a plan made now would compare on: the inputs and the request bodies."""
     return SavedPlan(campaign_id=campaign.id, campaign_file=_relative(campaign.path, plan_path.parent), api=api,
-                     inputs=input_digests(campaign), requests=request_digest(campaign, api), counts={}, schedule={})
+                     inputs=input_digests(campaign), counts={}, schedule={},
+                     requests=request_digest(campaign, api, fingerprints=fingerprints))
 
 
 def write_plan(plan: SavedPlan, path: Path) -> None:

@@ -360,3 +360,30 @@ def test_apply_of_a_v1_plan_sends_through_api_v1(tmp_path: Path, sandbox: Sandbo
     assert apply(plan_path, sandbox, tmp_path / "s.db")[0] == 0
     assert sorted((m.api, m.msisdn) for m in sandbox.messages()) == [
         ("v1", number(0)), ("v1", number(1)), ("v1", number(500))]
+
+
+def test_a_csv_changed_after_the_check_stops_the_send_before_the_first_request_that_differs(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """The files are read again to send: one changed while the confirmation prompt waits
+    (after the plan was verified) must not be sent."""
+    campaign = make_campaign(tmp_path, rows=150)  # 151 destinations: requests of 100 and 51
+    plan_path = tmp_path / "promo.plan.json"
+    plan(campaign, save_to=plan_path)
+    assert read_plan(plan_path).requests.count == 2
+    people = tmp_path / "data" / "people.csv"
+
+    def confirm_while_someone_edits(question: str) -> bool:
+        people.write_text(people.read_text().replace(f"{number(140)},", f"{number(140)},X"))
+        return True
+
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out=out, err=err, interactive=True, confirm=confirm_while_someone_edits, environ=ENV)
+    settings = ApplySettings(file=plan_path, yes=False, base_url=sandbox.url, state=tmp_path / "s.db", quiet=True)
+    with pytest.raises(CampaignError) as raised:
+        run_apply(settings, now=datetime.now(timezone.utc), console=console)
+    assert raised.value.exit_code == ExitCode.REFUSED
+    assert "request 2 is not the one verified against the saved plan" in raised.value.message
+    received = {m.msisdn for m in sandbox.messages()}
+    assert len(received) == len(sandbox.messages()) == 100
+    assert number(140) not in received and number(0) in received
