@@ -102,7 +102,13 @@ cmd_apply() {
   fi
   mkdir -p "$out"
   local campaigns f saved rc worst=0 report="$out/apply.md"
-  if [[ -n "${CAMPAIGNS:-}" ]]; then campaigns=$(printf '%s\n' $CAMPAIGNS); else campaigns=$(touched); fi
+  if [[ -n "${CAMPAIGNS:-}" ]]; then
+    local named=()
+    read -r -a named <<< "$CAMPAIGNS"  # split on spaces, no glob expansion
+    campaigns=$(printf '%s\n' "${named[@]}")
+  else
+    campaigns=$(touched)
+  fi
   local extra=()
   if [[ -n "${CAMPAIGN_APPLY_ARGS:-}" ]]; then read -r -a extra <<< "$CAMPAIGN_APPLY_ARGS"; fi
   { echo "## Campaigns applied"; echo; echo "| campaign | exit | result |"; echo "|---|---|---|"; } > "$report"
