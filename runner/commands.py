@@ -79,7 +79,13 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
                                 hint="--check compares a committed plan; -o writes a new one")
         return _check_saved_plan(settings, now, out)
     campaign, warnings = load_campaign(settings.file, now=now, strict=settings.strict)
-    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
+    hasher = None
+    if settings.save_to is not None and not settings.show_all:
+        from .planfile import RequestHasher
+
+        hasher = RequestHasher()  # the saved plan's digest from the plan's own compile pass
+    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN,
+                      on_wire=hasher)
     _reporter(settings.output_format, out).plan(plan, show_all=settings.show_all)
     to_send = plan.summary.messages
     ledger_counts = None
@@ -91,7 +97,7 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
         from .planfile import build_saved_plan, write_plan
 
         saved = build_saved_plan(campaign, plan.summary, plan_path=settings.save_to, created_at=now,
-                                 ledger=ledger_counts)
+                                 ledger=ledger_counts, requests=hasher.result() if hasher else None)
         write_plan(saved, settings.save_to)
         (err or sys.stderr).write(f"saved plan: {settings.save_to} ({saved.requests.count} requests, "
                                   f"sha256 {saved.requests.sha256[:12]}…); apply it with "

@@ -7,7 +7,7 @@ plan over a million recipients needs no more memory than one over ten.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -95,8 +95,12 @@ def build_plan(
     *,
     api: Api = "v2",
     limit: int | None = DEFAULT_SHOWN,
+    on_wire: Callable[[str], None] | None = None,
 ) -> Plan:
-    """Compile the whole campaign without sending; keep the first `limit` messages (None = all)."""
+    """Compile the whole campaign without sending; keep the first `limit` messages (None = all).
+
+    `on_wire` (with a `limit`) gets every request body as `compile` writes it, from the
+    same pass that counts: a saved plan's digest without a second compile."""
     compiler = Compiler(campaign, api)
     shown: list[Message] = []
     if limit is None:
@@ -112,7 +116,11 @@ def build_plan(
         # per row (half the time at a million rows).
         if limit:
             shown.extend(islice(Compiler(campaign, api).iter_messages(), limit))
-        compiler.tally()
+        if on_wire is None:
+            compiler.tally()
+        else:
+            for wire in compiler.iter_wire():  # fills the same counters as tally, building bodies
+                on_wire(wire)
     stats = compiler.stats
     counts_known = campaign.content is not None or (campaign.template is not None and campaign.template.preview is not None)
     summary = PlanSummary(

@@ -135,19 +135,34 @@ def _fingerprint(wire: bytes) -> bytes:
     return hashlib.blake2b(wire, digest_size=_FINGERPRINT_BYTES).digest()
 
 
-def request_digest(campaign: Campaign, api: Api, *, fingerprints: bytearray | None = None) -> RequestDigest:
-    """One full compile, hashed as it streams. With `fingerprints`, a short digest of each
-    request is appended to it, for `guard_batches` to check the send against."""
-    digest = hashlib.sha256()
-    count = 0
-    for wire in Compiler(campaign, api).iter_wire():
+class RequestHasher:
+    """Fed every request body in order (a callable, for `build_plan(on_wire=...)`). With
+    `fingerprints`, a short digest of each request is appended to it, for `guard_batches`
+    to check the send against."""
+
+    def __init__(self, fingerprints: bytearray | None = None) -> None:
+        self._digest = hashlib.sha256()
+        self._count = 0
+        self._fingerprints = fingerprints
+
+    def __call__(self, wire: str) -> None:
         data = wire.encode("utf-8")
-        digest.update(data)
-        digest.update(b"\n")
-        if fingerprints is not None:
-            fingerprints += _fingerprint(data)
-        count += 1
-    return RequestDigest(count, digest.hexdigest())
+        self._digest.update(data)
+        self._digest.update(b"\n")
+        if self._fingerprints is not None:
+            self._fingerprints += _fingerprint(data)
+        self._count += 1
+
+    def result(self) -> RequestDigest:
+        return RequestDigest(self._count, self._digest.hexdigest())
+
+
+def request_digest(campaign: Campaign, api: Api, *, fingerprints: bytearray | None = None) -> RequestDigest:
+    """One full compile, hashed as it streams: nothing but the digests is kept."""
+    hasher = RequestHasher(fingerprints)
+    for wire in Compiler(campaign, api).iter_wire():
+        hasher(wire)
+    return hasher.result()
 
 
 def guard_batches(batches: Iterator[Batch], fingerprints: bytes, plan_path: Path) -> Iterator[Batch]:
@@ -171,13 +186,14 @@ def guard_batches(batches: Iterator[Batch], fingerprints: bytes, plan_path: Path
 
 
 def build_saved_plan(campaign: Campaign, summary: PlanSummary, *, plan_path: Path, created_at: datetime,
-                     ledger: LedgerCounts | None = None) -> SavedPlan:
+                     ledger: LedgerCounts | None = None, requests: RequestDigest | None = None) -> SavedPlan:
+    """`requests`, when the plan's own compile pass hashed them; else one more pass here."""
     return SavedPlan(
         campaign_id=campaign.id,
         campaign_file=_relative(campaign.path, plan_path.parent),
         api=summary.api,
         inputs=input_digests(campaign),
-        requests=request_digest(campaign, summary.api),
+        requests=requests or request_digest(campaign, summary.api),
         counts={
             "rowsRead": summary.rows_read,
             "recipients": summary.recipients,

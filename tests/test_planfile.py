@@ -387,3 +387,14 @@ def test_a_csv_changed_after_the_check_stops_the_send_before_the_first_request_t
     received = {m.msisdn for m in sandbox.messages()}
     assert len(received) == len(sandbox.messages()) == 100
     assert number(140) not in received and number(0) in received
+
+
+def test_plan_with_all_messages_saves_the_same_plan(tmp_path: Path) -> None:
+    """`-o` hashes the bodies in the plan's own pass; `--all -o` in a pass of its own."""
+    campaign = make_campaign(tmp_path, rows=250)
+    one, two = tmp_path / "one.plan.json", tmp_path / "two.plan.json"
+    plan(campaign, save_to=one)
+    plan(campaign, save_to=two, show_all=True)
+    assert one.read_text() == two.read_text()
+    assert read_plan(one).requests.count == 3
+    assert read_plan(one).counts["messages"] == 251
