@@ -242,10 +242,9 @@ class Console:
 def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
     from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
     from .ledger import Ledger, acquire_lock
+    from .planfile import is_saved_plan
     from .send import Applier, SendPolicy, prepare, schedule_for_now
     from .report import progress_bar
-
-    from .planfile import is_saved_plan
 
     verified: bytes | None = None  # per-request fingerprints when applying a saved plan
     plan_path = settings.file
