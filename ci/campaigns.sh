@@ -19,6 +19,8 @@
 #   CAMPAIGN_STATE       the ledger, passed as --state when set
 #   CAMPAIGN_APPLY_ARGS  more apply options (--resend-uncertain, --allow-changes, --send-now)
 #   CAMPAIGN_OUT         folder for outputs (default: .campaign/ci)
+#   CAMPAIGN_COMMENT_LIMIT  bytes of comment body before the plans move to the step
+#                        summary (default 65000; GitHub's limit is 65,536 characters)
 #   GITHUB_STEP_SUMMARY  when set, the plan or apply summary is appended to it
 #   GITHUB_REPOSITORY, PR_NUMBER   comment: where to post
 #
@@ -29,7 +31,7 @@ set -euo pipefail
 shopt -s inherit_errexit  # a failing `campaign affected` inside $(...) stops the script too
 
 MARKER='<!-- campaign-runner:plan -->'
-COMMENT_LIMIT=65000  # GitHub refuses comment bodies over 65,536 characters
+COMMENT_LIMIT="${CAMPAIGN_COMMENT_LIMIT:-65000}"  # GitHub refuses comment bodies over 65,536 characters
 dir="${CAMPAIGNS_DIR:-campaigns}"
 out="${CAMPAIGN_OUT:-.campaign/ci}"
 state_args=()

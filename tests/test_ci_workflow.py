@@ -117,6 +117,28 @@ def test_plan_of_a_new_campaign_with_its_saved_plan_passes_and_writes_one_commen
     assert summary.read_text() == body
 
 
+def test_a_comment_over_the_limit_keeps_every_status_and_moves_the_plans_to_the_summary(
+    repo: Path, tmp_path: Path
+) -> None:
+    git(repo, "switch", "-q", "-c", "pr")
+    for name in ("alpha", "beta"):
+        path = repo / "campaigns" / f"{name}.yaml"
+        path.write_text(path.read_text().replace("text: ", "text: Now "))
+        save_plan(repo, name)
+    commit_all(repo, "edit both")
+    summary = tmp_path / "summary.md"
+    env = {**base_env(tmp_path), "CAMPAIGN_BASE": "main", "GITHUB_STEP_SUMMARY": str(summary),
+           "CAMPAIGN_COMMENT_LIMIT": "1000"}
+    run = script(repo, "plan", env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    body = (repo / ".campaign" / "ci" / "comment.md").read_text()
+    assert len(body.encode()) <= 1000
+    assert body.count("- ✅ `campaigns/") == 2
+    assert "_The plans are too long for one comment: see the job summary and log._" in body
+    assert "Campaign plan: `alpha`" not in body
+    assert "Campaign plan: `alpha`" in summary.read_text() and "Campaign plan: `beta`" in summary.read_text()
+
+
 def test_plan_of_a_csv_only_change_without_a_new_plan_fails_naming_the_csv(repo: Path, tmp_path: Path) -> None:
     git(repo, "switch", "-q", "-c", "pr")
     with (repo / "campaigns" / "data" / "alpha.csv").open("a") as stream:
