@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -86,13 +86,20 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
         hasher = RequestHasher()  # the saved plan's digest from the plan's own compile pass
     plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN,
                       on_wire=hasher)
-    _reporter(settings.output_format, out).plan(plan, show_all=settings.show_all)
     to_send = plan.summary.messages
     ledger_counts = None
     if settings.state is not None:
         ledger_counts, to_send = _plan_against_state(campaign, settings, plan.summary.messages)
-        if settings.output_format != "json":
-            out.write(_ledger_totals_line(ledger_counts, to_send))
+        plan = replace(plan, ledger={
+            "found": ledger_counts is not None,
+            "acceptedDestinations": ledger_counts.accepted if ledger_counts else 0,
+            "failedDestinations": ledger_counts.failed if ledger_counts else 0,
+            "uncertainDestinations": ledger_counts.uncertain if ledger_counts else 0,
+            "toSend": to_send,
+        })
+    _reporter(settings.output_format, out).plan(plan, show_all=settings.show_all)
+    if settings.state is not None and settings.output_format != "json":
+        out.write(_ledger_totals_line(ledger_counts, to_send))
     if settings.save_to is not None:
         from .planfile import build_saved_plan, write_plan
 
@@ -307,8 +314,6 @@ def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: Te
     reviewed requests. Every input and the request bodies are recomputed here; anything
     that differs refuses (exit 4) before a ledger is opened or a request made. Returns
     the verified requests' fingerprints, which the send is checked against."""
-    from dataclasses import replace
-
     from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
 
     plan_path = settings.file

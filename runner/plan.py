@@ -7,7 +7,7 @@ plan over a million recipients needs no more memory than one over ten.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -46,10 +46,12 @@ class Plan:
     summary: PlanSummary
     messages: tuple[Message, ...]
     warnings: tuple[Diagnostic, ...]
+    # `plan --state`: what the ledger holds and what is left to send (JSON key `ledger`)
+    ledger: Mapping[str, int | bool] | None = None
 
     def to_json(self, *, show_all: bool = False) -> dict[str, Any]:
         s = self.summary
-        return {
+        data = {
             "summary": {
                 "campaignId": s.campaign_id,
                 "file": s.file,
@@ -87,6 +89,9 @@ class Plan:
                 for w in self.warnings
             ],
         }
+        if self.ledger is not None:
+            data["ledger"] = dict(self.ledger)
+        return data
 
 
 def build_plan(

@@ -324,6 +324,14 @@ def test_plan_against_state_counts_what_the_ledger_holds(tmp_path: Path, sandbox
     plan(campaign, state=state, save_to=plan_path)
     assert json.loads(plan_path.read_text())["ledger"] == {"acceptedDestinations": 8, "failedDestinations": 0,
                                                           "uncertainDestinations": 0}
+    code, out, _ = plan(campaign, state=state, output_format="json")
+    assert code == 0
+    assert json.loads(out)["ledger"] == {"found": True, "acceptedDestinations": 8, "failedDestinations": 0,
+                                         "uncertainDestinations": 0, "toSend": 1}
+    assert "ledger" not in json.loads(plan(campaign, output_format="json")[1])
+    assert json.loads(plan(campaign, state=tmp_path / "none.db", output_format="json")[1])["ledger"] == {
+        "found": False, "acceptedDestinations": 0, "failedDestinations": 0, "uncertainDestinations": 0,
+        "toSend": 9}
 
 
 def test_plan_against_state_with_everything_accepted_has_nothing_to_send(tmp_path: Path, sandbox: Sandbox) -> None:
