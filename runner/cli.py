@@ -145,7 +145,35 @@ API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2"
                           help="Target API: Send Message API v2, or SMS API v1 (one request per destination).")
 
 
-@cli.command()
+class _DetailedUsageError(click.UsageError):
+    exit_code = int(ExitCode.INVALID)
+
+
+class DetailedExitCommand(click.Command):
+    """With --detailed-exitcode, 2 means "something to send": a usage error must not look
+    like that, so it exits 1 (as Terraform's -detailed-exitcode does)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        detailed = "--detailed-exitcode" in args
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            if detailed:
+                raise _DetailedUsageError(error.message, error.ctx) from None
+            raise
+
+
+@contextmanager
+def _usage_as_invalid(enabled: bool) -> Iterator[None]:
+    try:
+        yield
+    except CampaignError as error:
+        if enabled and error.exit_code == ExitCode.USAGE:
+            error.exit_code = ExitCode.INVALID
+        raise
+
+
+@cli.command(cls=DetailedExitCommand)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @API_OPTION
 @click.option("--all", "show_all", is_flag=True, help="Show every message, not the first 10.")
@@ -153,18 +181,28 @@ API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2"
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.option("--show-pii", is_flag=True,
               help="markdown/github: show phone numbers and personal values (masked by default).")
-def plan(files: tuple[Path, ...], api: str, show_all: bool, output_format: str, strict: bool, show_pii: bool) -> None:
+@click.option("-o", "--out", "save_to", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write a saved plan here (JSON; commit it, then `campaign apply PLAN`).")
+@click.option("--check", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Only compare this saved plan with FILE's inputs: exit 0 current, 1 stale.")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 0 when nothing is to send, 2 when something is, 1 invalid (like Terraform).")
+@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Ledger to plan against (read only): already accepted, failed, uncertain, to send.")
+def plan(files: tuple[Path, ...], api: str, show_all: bool, output_format: str, strict: bool, show_pii: bool,
+         save_to: Path | None, check: Path | None, detailed_exitcode: bool, state: Path | None) -> None:
     """Dry run: every rendered message, its encoding and segments, and the totals.
 
     Several FILES make one markdown comment (--format markdown)."""
-    with _handler():
+    with _handler(), _usage_as_invalid(detailed_exitcode):
         from .commands import PlanSettings, run_plan
 
         _freeze_imports()
 
         settings = PlanSettings(files[0], "v1" if api == "v1" else "v2", show_all, output_format, strict,
-                                show_pii=show_pii, more_files=files[1:], step_summary=_step_summary())
-        sys.exit(run_plan(settings, now=now_utc(), out=_stdout()))
+                                show_pii=show_pii, more_files=files[1:], step_summary=_step_summary(),
+                                save_to=save_to, check=check, detailed_exitcode=detailed_exitcode, state=state)
+        sys.exit(run_plan(settings, now=now_utc(), out=_stdout(), err=sys.stderr))
 
 
 @cli.command(name="compile")
@@ -209,7 +247,10 @@ STATE_HELP = "Ledger file (default .campaign/state.db; .campaign/sandbox.db with
 def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, region: str | None,
           base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool, max_in_flight: int,
           timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
-    """Send a campaign exactly once. Exit 0 all accepted, 3 some failed/uncertain, 4 refused."""
+    """Send a campaign (or a saved plan) exactly once. Exit 0 all accepted, 3 some failed/uncertain, 4 refused.
+
+    FILE may be a saved plan (`campaign plan CAMPAIGN -o PLAN`): then its campaign is sent
+    only if every input and request body still match the plan, else exit 4."""
     with _handler():
         from .commands import ApplySettings, Console, run_apply
 
@@ -277,6 +318,20 @@ def listen(state: Path, host: str, port: int) -> None:
         from .receipts import listen as serve_receipts
 
         serve_receipts(state, host, port, ready=lambda url: click.echo(f"receipts listening on {url}", err=True))
+
+
+@cli.command()
+@click.option("--since", required=True, metavar="REF",
+              help="Git ref to compare the work tree with (e.g. origin/main, or the commit before a push).")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@format_option(("text", "json"))
+@click.option("--deleted", is_flag=True, help="List the campaign files deleted since REF instead.")
+def affected(since: str, paths: tuple[Path, ...], output_format: str, deleted: bool) -> None:
+    """Campaign files whose own file or recipients/exclude files changed since REF, one a line."""
+    with _handler():
+        from .commands import AffectedSettings, run_affected
+
+        sys.exit(run_affected(AffectedSettings(since, paths, output_format, deleted), out=_stdout()))
 
 
 @cli.command()

@@ -6,10 +6,11 @@ here, callable (and tested) without click. Each function returns the exit code.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -26,6 +27,7 @@ from .validate import load_campaign, validate_paths
 if TYPE_CHECKING:
     from .client import Credentials
     from .ledger import Ledger
+    from .planfile import LedgerCounts
     from .report import Reporter
     from .sandbox import Sandbox
 
@@ -64,19 +66,124 @@ class PlanSettings:
     show_pii: bool = False  # markdown/github: phone numbers and personal values in clear
     more_files: tuple[Path, ...] = ()  # markdown: further campaigns in the same comment
     step_summary: Path | None = None  # $GITHUB_STEP_SUMMARY, for --format github
+    save_to: Path | None = None  # -o/--out: write a saved plan here
+    check: Path | None = None  # --check: compare this saved plan with the inputs instead of planning
+    detailed_exitcode: bool = False  # 0 nothing to send, 2 something to send (1 stays invalid)
+    state: Path | None = None  # a ledger to plan against (read only)
 
 
 MULTI_FILE_FORMATS = ("markdown",)
 
 
-def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO) -> ExitCode:
+# `plan --detailed-exitcode`, as Terraform's: a successful plan with something to send.
+SOMETHING_TO_SEND = 2
+
+
+def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO | None = None) -> ExitCode | int:
     reporter = _reporter(settings.output_format, out, show_pii=settings.show_pii, step_summary=settings.step_summary)
     if settings.more_files:
+        if settings.save_to is not None or settings.check is not None or settings.state is not None:
+            raise CampaignError("-o/--out, --check and --state take one campaign file", exit_code=ExitCode.USAGE,
+                                hint="plan each campaign on its own to save or check its plan")
         return _run_plans(settings, now=now, reporter=reporter)
+    if settings.check is not None:
+        if settings.save_to is not None:
+            raise CampaignError("--check and -o/--out exclude each other", exit_code=ExitCode.USAGE,
+                                hint="--check compares a committed plan; -o writes a new one")
+        return _check_saved_plan(settings, now, out)
     campaign, warnings = load_campaign(settings.file, now=now, strict=settings.strict)
-    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
+    hasher = None
+    if settings.save_to is not None and not settings.show_all:
+        from .planfile import RequestHasher
+
+        hasher = RequestHasher()  # the saved plan's digest from the plan's own compile pass
+    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN,
+                      on_wire=hasher)
+    to_send = plan.summary.messages
+    ledger_counts = None
+    if settings.state is not None:
+        ledger_counts, to_send = _plan_against_state(campaign, settings, plan.summary.messages)
+        plan = replace(plan, ledger={
+            "found": ledger_counts is not None,
+            "acceptedDestinations": ledger_counts.accepted if ledger_counts else 0,
+            "failedDestinations": ledger_counts.failed if ledger_counts else 0,
+            "uncertainDestinations": ledger_counts.uncertain if ledger_counts else 0,
+            "toSend": to_send,
+        })
     reporter.plan(plan, show_all=settings.show_all)
+    if settings.state is not None and settings.output_format != "json":
+        out.write(_ledger_totals_line(ledger_counts, to_send))
+    if settings.save_to is not None:
+        from .planfile import build_saved_plan, write_plan
+
+        saved = build_saved_plan(campaign, plan.summary, plan_path=settings.save_to, created_at=now,
+                                 ledger=ledger_counts, requests=hasher.result() if hasher else None)
+        write_plan(saved, settings.save_to)
+        (err or sys.stderr).write(f"saved plan: {settings.save_to} ({saved.requests.count} requests, "
+                                  f"sha256 {saved.requests.sha256[:12]}…); apply it with "
+                                  f"`campaign apply {settings.save_to}`\n")
+    if settings.detailed_exitcode:
+        return SOMETHING_TO_SEND if to_send else ExitCode.OK
     return ExitCode.OK
+
+
+def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> ExitCode | int:
+    """`plan FILE --check PLAN`: 0 when PLAN still describes FILE's requests, 1 when stale.
+    The saved input digests are compared before the campaign is loaded, so a changed CSV
+    is named even when the change broke it."""
+    from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
+
+    assert settings.check is not None
+    if not settings.check.is_file():
+        raise CampaignError(f"{settings.check}: no saved plan", hint=f"write one with `campaign plan "
+                            f"{settings.file} -o {settings.check}` and commit it")
+    saved = read_plan(settings.check)
+    named = campaign_path(saved, settings.check)
+    changes = []
+    if not named.exists() or named.resolve() != settings.file.resolve():
+        changes.append(f"the plan is for {saved.campaign_file}, not for {settings.file}")
+    changes += stale_inputs(saved, settings.check)
+    if not changes:
+        campaign, _ = load_campaign(settings.file, now=now, strict=settings.strict)
+        changes += differences(saved, snapshot(campaign, saved.api, plan_path=settings.check))
+    if changes:
+        for change in changes:
+            out.write(f"{settings.check}: stale: {change}\n")
+        out.write(f"hint: run `campaign plan {settings.file} -o {settings.check}` and commit the new plan\n")
+        return ExitCode.INVALID
+    out.write(f"{settings.check}: current ({saved.requests.count} requests, {saved.counts.get('messages')} "
+              "messages)\n")
+    if settings.detailed_exitcode:
+        return SOMETHING_TO_SEND if saved.requests.count else ExitCode.OK
+    return ExitCode.OK
+
+
+def _plan_against_state(campaign: Campaign, settings: PlanSettings, planned: int) -> tuple[LedgerCounts | None, int]:
+    """What the ledger already holds for the campaign and how many messages are left to
+    send, through the ledger's public read methods only. No ledger yet: all are left."""
+    from .ledger import Ledger
+    from .planfile import LedgerCounts
+
+    assert settings.state is not None
+    if not settings.state.exists():
+        return None, planned
+    with Ledger.open(settings.state) as ledger:
+        destinations = ledger.summary(campaign.id).destinations
+        accepted = ledger.accepted_msisdns(campaign.id)
+    counts = LedgerCounts(destinations.get("accepted", 0), destinations.get("failed", 0),
+                          destinations.get("uncertain", 0) + destinations.get("in-flight", 0))
+    if not accepted:
+        return counts, planned
+    return counts, Compiler(campaign, settings.api, skip=accepted.__contains__).tally().messages
+
+
+def _ledger_totals_line(counts: LedgerCounts | None, to_send: int) -> str:
+    """The ledger is not named: a state URL may hold a password, and this line goes into
+    pull request comments."""
+    if counts is None:
+        return f"ledger: none yet (nothing sent); to send: {to_send} messages\n"
+    return (f"ledger: {counts.accepted} destinations already accepted, {counts.failed} failed, "
+            f"{counts.uncertain} uncertain; to send: {to_send} messages\n")
 
 
 def _run_plans(settings: PlanSettings, *, now: datetime, reporter: Reporter) -> ExitCode:
@@ -177,9 +284,14 @@ class Console:
 def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
     from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
     from .ledger import Ledger, acquire_lock
+    from .planfile import is_saved_plan
     from .send import Applier, SendPolicy, prepare, schedule_for_now
     from .report import progress_bar
 
+    verified: bytes | None = None  # per-request fingerprints when applying a saved plan
+    plan_path = settings.file
+    if is_saved_plan(settings.file):
+        settings, verified = _settings_from_saved_plan(settings, now=now, err=console.err)
     campaign, warnings = load_campaign(settings.file, now=now)
     campaign = schedule_for_now(campaign, now, send_now=settings.send_now)
     plan = build_plan(campaign, warnings, api=settings.api, limit=0)
@@ -219,12 +331,41 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
         policy = SendPolicy(max_in_flight=settings.max_in_flight, resend_uncertain=settings.resend_uncertain)
         applier = Applier(campaign, ledger=ledger, sender=client, api=settings.api, policy=policy, run_id=run_id,
                           on_progress=progress, log=log)
-        result = applier.run(compiler.iter_batches())
+        batches = compiler.iter_batches()
+        if verified is not None and compiler.skip is None:
+            from .planfile import guard_batches
+
+            batches = guard_batches(batches, verified, plan_path)
+        result = applier.run(batches)
         ledger.finish_run(run_id)
         if sandbox is not None:
             _collect_sandbox_receipts(sandbox, ledger, campaign.id)
     _reporter(settings.output_format, console.out, step_summary=settings.step_summary).apply(result)
     return result.exit_code
+
+
+def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: TextIO) -> tuple[ApplySettings, bytes]:
+    """`apply PLAN`: the campaign the plan names, sent only if it would send exactly the
+    reviewed requests. Every input and the request bodies are recomputed here; anything
+    that differs refuses (exit 4) before a ledger is opened or a request made. Returns
+    the verified requests' fingerprints, which the send is checked against."""
+    from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
+
+    plan_path = settings.file
+    saved = read_plan(plan_path)
+    changes = stale_inputs(saved, plan_path)
+    fingerprints = bytearray()
+    if not changes:
+        campaign, _ = load_campaign(campaign_path(saved, plan_path), now=now)
+        changes = differences(saved, snapshot(campaign, saved.api, plan_path=plan_path, fingerprints=fingerprints))
+    if changes:
+        raise CampaignError(
+            f"{plan_path}: the saved plan is stale, nothing sent: " + "; ".join(changes),
+            exit_code=ExitCode.REFUSED,
+            hint=f"review a new plan (`campaign plan {campaign_path(saved, plan_path)} -o {plan_path}`), then apply it",
+        )
+    err.write(f"{plan_path}: saved plan matches {saved.campaign_file} ({saved.requests.count} requests)\n")
+    return replace(settings, file=campaign_path(saved, plan_path), api=saved.api), bytes(fingerprints)
 
 
 def _sandbox_for(campaign: Campaign) -> Sandbox:
@@ -279,3 +420,29 @@ def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitC
         summary = ledger.summary(campaign.id)
     _reporter(settings.output_format, out).status(summary)
     return ExitCode.PARTIAL if summary.batches.get("failed") or summary.batches.get("uncertain") else ExitCode.OK
+
+
+# --- affected ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AffectedSettings:
+    since: str
+    paths: tuple[Path, ...] = ()
+    output_format: str = "text"
+    deleted: bool = False  # list the deleted campaigns instead of the affected ones (text)
+
+
+def run_affected(settings: AffectedSettings, *, out: TextIO, cwd: Path | None = None) -> ExitCode:
+    """One path a line (what a shell loop reads), or one JSON object with both lists."""
+    import json
+
+    from .affected import find_affected
+
+    result = find_affected(settings.since, settings.paths, cwd=cwd)
+    if settings.output_format == "json":
+        out.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        for path in result.deleted if settings.deleted else result.campaigns:
+            out.write(path + "\n")
+    return ExitCode.OK

@@ -8,7 +8,7 @@ plan over a million recipients needs no more memory than one over ten.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -55,10 +55,12 @@ class Plan:
     # request: personal values (the recipient's own, its number and correlation id)
     # replaced by `•••`; a text with logic shows its template instead.
     masked_texts: tuple[str, ...] = ()
+    # `plan --state`: what the ledger holds and what is left to send (JSON key `ledger`)
+    ledger: Mapping[str, int | bool] | None = None
 
     def to_json(self, *, show_all: bool = False) -> dict[str, Any]:
         s = self.summary
-        return {
+        data = {
             "summary": {
                 "campaignId": s.campaign_id,
                 "file": s.file,
@@ -96,6 +98,9 @@ class Plan:
                 for w in self.warnings
             ],
         }
+        if self.ledger is not None:
+            data["ledger"] = dict(self.ledger)
+        return data
 
 
 def build_plan(
@@ -104,8 +109,12 @@ def build_plan(
     *,
     api: Api = "v2",
     limit: int | None = DEFAULT_SHOWN,
+    on_wire: Callable[[str], None] | None = None,
 ) -> Plan:
-    """Compile the whole campaign without sending; keep the first `limit` messages (None = all)."""
+    """Compile the whole campaign without sending; keep the first `limit` messages (None = all).
+
+    `on_wire` (with a `limit`) gets every request body as `compile` writes it, from the
+    same pass that counts: a saved plan's digest without a second compile."""
     compiler = Compiler(campaign, api)
     shown: list[Message] = []
     masked: list[str] = []
@@ -125,7 +134,11 @@ def build_plan(
             for item in islice(Compiler(campaign, api).iter_compiled(), limit):
                 shown.append(item.message)
                 masked.append(_masked_text(compiler, item))
-        compiler.tally()
+        if on_wire is None:
+            compiler.tally()
+        else:
+            for wire in compiler.iter_wire():  # fills the same counters as tally, building bodies
+                on_wire(wire)
     stats = compiler.stats
     counts_known = campaign.content is not None or (campaign.template is not None and campaign.template.preview is not None)
     summary = PlanSummary(
