@@ -131,12 +131,18 @@ def _read_token_file(path: Path) -> str:
     except OSError as error:
         raise CampaignError(f"cannot read {where}: {error.strerror or error}", exit_code=ExitCode.USAGE,
                             hint=f"{TOKEN_FILE_ENV} must name a readable file holding only the token") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise CampaignError(f"{where} is not a regular file", exit_code=ExitCode.USAGE,
                                 hint=f"{TOKEN_FILE_ENV} must name a file holding only the token")
-        data = handle.read(MAX_TOKEN_FILE_BYTES + 1)
+        data = b""
+        while len(data) <= MAX_TOKEN_FILE_BYTES and (chunk := os.read(fd, MAX_TOKEN_FILE_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as error:
+        raise CampaignError(f"cannot read {where}: {error.strerror or error}", exit_code=ExitCode.USAGE,
+                            hint=f"{TOKEN_FILE_ENV} must name a readable file holding only the token") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_TOKEN_FILE_BYTES:
         raise CampaignError(f"{where} is larger than {MAX_TOKEN_FILE_BYTES} bytes", exit_code=ExitCode.USAGE,
                             hint=f"{TOKEN_FILE_ENV} must name a file holding only the token")
