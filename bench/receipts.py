@@ -291,6 +291,7 @@ class Server:
         self.command, self.env = command, env
         self.proc: subprocess.Popen[str] | None = None
         self.cpu_before_kill = 0.0
+        self.down_seconds: float | None = None
         self.start()
 
     def start(self) -> None:
@@ -321,9 +322,11 @@ class Server:
     def kill_and_restart(self) -> None:
         assert self.proc is not None
         self.cpu_before_kill = self.cpu_seconds()
+        killed = time.monotonic()
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.start()
+        self.down_seconds = time.monotonic() - killed
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -428,6 +431,9 @@ def main() -> None:
         measured.name = "listen" + (" (kill -9 halfway, restarted)" if args.kill else "")
         measured.stored = stored(state, listened)
         report(args, state, alone_rate, baseline, measured, listener.errors)
+        if listener.down_seconds is not None:
+            print(f"  kill -9 at {args.seconds / 2:.0f} s: listener restarted and listening again after "
+                  f"{listener.down_seconds:.2f} s; {measured.retries:,} posts retried meanwhile")
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -41,6 +41,7 @@ MAX_TOKEN_FILE_BYTES: Final = 4096
 MIN_TOKEN_CHARS: Final = 16  # a guessable secret on an internet-facing endpoint is no secret
 MAX_RECEIPTS_PER_COMMIT: Final = 2000  # one transaction stays short even when a queue has built up
 MAX_CONCURRENT_REQUESTS: Final = 256  # beyond this uvicorn answers 503 (the vendor retries); bounds memory
+BODY_TIMEOUT_SECONDS: Final = 30.0  # a sender that trickles its body must not hold one of those slots forever
 DEFAULT_PATH: Final = "/receipts"
 TOKEN_ENV: Final = "CAMPAIGN_RECEIPTS_TOKEN"
 TOKEN_FILE_ENV: Final = "CAMPAIGN_RECEIPTS_TOKEN_FILE"
@@ -312,15 +313,18 @@ _UNAUTHORIZED: Final = _Answer(401, None, ((b"www-authenticate", b'Bearer realm=
 _TOO_LARGE: Final = _Answer(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"}, ((b"connection", b"close"),))
 _UNAVAILABLE: Final = _Answer(503, {"error": "receipt not stored, retry later"}, ((b"retry-after", b"5"),))
 _BROKEN: Final = _Answer(500, None)
+_TOO_SLOW: Final = _Answer(408, {"error": "body not received in time"}, ((b"connection", b"close"),))
 
 
 class ReceiptsApp:
     """A plain ASGI callable (no framework: one route, one method, one body kind)."""
 
-    def __init__(self, ledger: Ledger, *, token: str | None, path: str = DEFAULT_PATH) -> None:
+    def __init__(self, ledger: Ledger, *, token: str | None, path: str = DEFAULT_PATH,
+                 body_timeout: float = BODY_TIMEOUT_SECONDS) -> None:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', not {path!r}")
         self.path = path
+        self.body_timeout = body_timeout
         self.token = token.encode("ascii") if token is not None else None
         self.committer = GroupCommitter(ledger)
 
@@ -363,6 +367,26 @@ class ReceiptsApp:
                 return _Answer(400, {"error": "bad Content-Length"}, ((b"connection", b"close"),))
             if int(declared) > MAX_BODY_BYTES:
                 return _TOO_LARGE  # before reading a byte of it
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await self._body(receive)
+        except TimeoutError:
+            return _TOO_SLOW
+        if body is None or isinstance(body, _Answer):
+            return body
+        try:
+            receipts = parse_receipts(body)
+        except ValueError as error:
+            return _Answer(400, {"error": str(error)})
+        try:
+            outcomes = await self.committer.record(receipts)
+        except LedgerUnavailable:
+            return _UNAVAILABLE
+        matched = sum(outcomes)
+        return _Answer(200, {"matched": matched, "unmatched": len(outcomes) - matched})
+
+    @staticmethod
+    async def _body(receive: Receive) -> bytes | _Answer | None:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -375,17 +399,7 @@ class ReceiptsApp:
                 return _TOO_LARGE
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        try:
-            receipts = parse_receipts(b"".join(chunks))
-        except ValueError as error:
-            return _Answer(400, {"error": str(error)})
-        try:
-            outcomes = await self.committer.record(receipts)
-        except LedgerUnavailable:
-            return _UNAVAILABLE
-        matched = sum(outcomes)
-        return _Answer(200, {"matched": matched, "unmatched": len(outcomes) - matched})
+                return b"".join(chunks)
 
 
 async def _send(send: Send, answer: _Answer) -> None:
@@ -424,10 +438,10 @@ class ReceiptListener:
     run it on a thread (tests, rehearsals)."""
 
     def __init__(self, ledger: Ledger, *, token: str | None, host: str = "127.0.0.1", port: int = 0,
-                 path: str = DEFAULT_PATH) -> None:
+                 path: str = DEFAULT_PATH, body_timeout: float = BODY_TIMEOUT_SECONDS) -> None:
         import uvicorn  # the sending commands never pay for the server
 
-        self.app = ReceiptsApp(ledger, token=token, path=path)
+        self.app = ReceiptsApp(ledger, token=token, path=path, body_timeout=body_timeout)
         self.socket = bind(host, port)
         config = uvicorn.Config(self.app, http="httptools", lifespan="on", log_level="warning", access_log=False,
                                 server_header=False, limit_concurrency=MAX_CONCURRENT_REQUESTS)
