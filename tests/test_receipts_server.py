@@ -360,3 +360,17 @@ def test_the_command_serves_on_loopback_without_auth_and_stops_on_sigint(tmp_pat
     assert "Traceback" not in rest
     assert proc.returncode == 130
     assert stored(state) == [("corr-7", "Delivered", "2026-11-23T12:00:00Z")]
+
+
+def test_a_taken_port_or_a_bad_path_is_a_usage_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CampaignError) as refused:
+            run_receipts_listen(ReceiptsListenSettings(state=tmp_path / "s.db", port=port),
+                                environ={"CAMPAIGN_RECEIPTS_TOKEN": TOKEN}, ready=lambda url: pytest.fail("listened"))
+    assert refused.value.exit_code is ExitCode.USAGE and f"cannot listen on 127.0.0.1:{port}" in refused.value.message
+    result = CliRunner().invoke(cli, ["receipts", "listen", "--path", "receipts", "--port", "0",
+                                      "--state", str(tmp_path / "s.db")], env={"CAMPAIGN_RECEIPTS_TOKEN": TOKEN})
+    assert result.exit_code == 2 and "--path must start with '/'" in result.output
