@@ -237,7 +237,9 @@ class GroupCommitter:
     async def record(self, receipts: list[Mapping[str, Any]]) -> list[bool]:
         """Matched (True) or unmatched (False) per receipt, once committed."""
         self.start()
-        assert self._queue is not None
+        assert self._queue is not None and self._task is not None
+        if self._task.done():  # the writer is gone (stopped, or died): nothing would answer
+            raise LedgerUnavailable()
         answer: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((receipts, answer))
         return await answer
@@ -258,7 +260,11 @@ class GroupCommitter:
                     break
                 group.append(item)
                 count += len(item[0])
-            outcomes = await loop.run_in_executor(self._executor, self._commit, [receipts for receipts, _ in group])
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._commit,
+                                                      [receipts for receipts, _ in group])
+            except Exception as error:  # the executor itself failed: answer, never leave a request hanging
+                outcomes = [_unavailable(error)] * len(group)
             for (_, answer), outcome in zip(group, outcomes):
                 if answer.done():  # its request was cancelled (server shutting down)
                     continue
