@@ -126,7 +126,8 @@ def _httpx_sender(spec: dict[str, Any]) -> Callable[[], Awaitable[Post]]:
         headers["Authorization"] = f"Bearer {spec['token']}"
 
     async def connect() -> Post:
-        client = httpx.AsyncClient(timeout=10.0, headers=headers, trust_env=False)
+        # plain HTTP on loopback: no proxy, and no CA bundle loaded (~50 ms a client)
+        client = httpx.AsyncClient(timeout=10.0, headers=headers, trust_env=False, verify=False)
 
         async def post(body: bytes | None) -> tuple[int, bytes] | None:
             if body is None:
