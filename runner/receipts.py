@@ -7,8 +7,9 @@ webhook endpoint: it stores each receipt against the destination it belongs to, 
 
 The endpoint faces the internet, so it runs on uvicorn (a production ASGI server) and
 trusts nothing: a shared secret on every request, one method on one path, a body limit,
-and no traceback in an answer or the log. A 2xx means "committed": the vendor retries
-what was not acknowledged, so a crash loses nothing. Receipts that arrive together are
+and no traceback in an answer or the log. A 2xx means "committed": what was not
+acknowledged is left to the sender's retry (UNCONFIRMED for the vendor: runner/vendor.py),
+and nothing acknowledged is lost to a crash. Receipts that arrive together are
 committed together (group commit, one transaction and one fsync for many), by one writer
 that runs the ledger's blocking calls off the event loop.
 """
@@ -40,7 +41,7 @@ MAX_BODY_BYTES: Final = 1 << 20  # a webhook body is a few hundred bytes; a list
 MAX_TOKEN_FILE_BYTES: Final = 4096
 MIN_TOKEN_CHARS: Final = 16  # a guessable secret on an internet-facing endpoint is no secret
 MAX_RECEIPTS_PER_COMMIT: Final = 2000  # one transaction stays short even when a queue has built up
-MAX_CONCURRENT_REQUESTS: Final = 256  # beyond this uvicorn answers 503 (the vendor retries); bounds memory
+MAX_CONCURRENT_REQUESTS: Final = 256  # beyond this uvicorn answers 503; bounds memory
 BODY_TIMEOUT_SECONDS: Final = 30.0  # a sender that trickles its body must not hold one of those slots forever
 DEFAULT_PATH: Final = "/receipts"
 TOKEN_ENV: Final = "CAMPAIGN_RECEIPTS_TOKEN"
@@ -205,8 +206,8 @@ def authorized(header: bytes | None, token: bytes) -> bool:
 
 
 class LedgerUnavailable(Exception):
-    """The commit failed (disk full, database locked past its timeout): answer 503 so the
-    vendor retries later, rather than a 2xx for a receipt that is not stored."""
+    """The commit failed (disk full, database locked past its timeout): answer 503 (retry
+    later), never a 2xx for a receipt that is not stored."""
 
 
 class GroupCommitter:
