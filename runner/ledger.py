@@ -223,6 +223,7 @@ class Ledger:
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._joining = False  # set only by record_receipts, under the lock
         self._state = _State(connection)
 
     # --- opening and closing ------------------------------------------------------
@@ -326,6 +327,9 @@ class Ledger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._connection()
+            if self._joining:  # a write inside record_receipts: part of its one transaction
+                yield connection
+                return
             # Everything from BEGIN to COMMIT sits inside the try: an interrupt (Ctrl-C,
             # SIGTERM) landing anywhere in between must not leave a transaction open.
             try:
@@ -662,72 +666,72 @@ class Ledger:
         Returns False, storing nothing, when it matches no destination or is ambiguous.
         A receipt already stored (the vendor retried the webhook) is not stored twice.
         """
-        with self._write() as connection:
-            return self._store_receipt(connection, campaign_id, receipt)
-
-    def record_receipts(self, receipts: Iterable[Mapping[str, Any]]) -> list[bool]:
-        """`record_receipt(None, r)` for each, in one transaction: the receipts listener's
-        group commit, one fsync for every receipt that arrived together."""
-        with self._write() as connection:
-            return [self._store_receipt(connection, None, receipt) for receipt in receipts]
-
-    @staticmethod
-    def _store_receipt(connection: sqlite3.Connection, campaign_id: str | None, receipt: Mapping[str, Any]) -> bool:
         fields = _receipt_fields(receipt)
         correlation_id = fields["correlationid"]
         transid = fields["transid"]
         number = _digits(fields["destination"])
-        candidates: list[tuple[str, str, str, str]] = []
-        if correlation_id:
-            query = (
-                "SELECT campaign_id, batch_key, msisdn, correlation_id FROM destinations "
-                "WHERE correlation_id = ?"
+        with self._write() as connection:
+            candidates: list[tuple[str, str, str, str]] = []
+            if correlation_id:
+                query = (
+                    "SELECT campaign_id, batch_key, msisdn, correlation_id FROM destinations "
+                    "WHERE correlation_id = ?"
+                )
+                params: tuple[str, ...] = (correlation_id,)
+                if campaign_id is not None:
+                    query += " AND campaign_id = ?"
+                    params += (campaign_id,)
+                candidates = connection.execute(query, params).fetchall()
+            if not candidates and transid:
+                query = (
+                    "SELECT d.campaign_id, d.batch_key, d.msisdn, d.correlation_id FROM batches b "
+                    "JOIN destinations d ON d.batch_key = b.batch_key WHERE b.message_id = ?"
+                )
+                params = (transid,)
+                if campaign_id is not None:
+                    query += " AND b.campaign_id = ?"
+                    params += (campaign_id,)
+                candidates = connection.execute(query, params).fetchall()
+            if len(candidates) > 1 and number:
+                candidates = [row for row in candidates if _digits(row[2]) == number] or candidates
+            if not candidates or len({row[0] for row in candidates}) != 1:
+                return False
+            matched_campaign = candidates[0][0]
+            batch_key: str | None
+            if len(candidates) == 1:
+                _, batch_key, msisdn, matched_correlation = candidates[0]
+            else:  # one request (one messageId) for several destinations, no number to tell them apart
+                keys = {row[1] for row in candidates}
+                batch_key = candidates[0][1] if len(keys) == 1 else None
+                msisdn, matched_correlation = fields["destination"], correlation_id
+            connection.execute(
+                "INSERT INTO receipts(campaign_id, batch_key, correlation_id, msisdn, transid, delivery_status, "
+                "code, description, time_stamp, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    matched_campaign,
+                    batch_key,
+                    matched_correlation,
+                    msisdn,
+                    transid,
+                    fields["deliverystatus"],
+                    fields["code"],
+                    fields["description"],
+                    fields["timestamp"],
+                    _now(),
+                ),
             )
-            params: tuple[str, ...] = (correlation_id,)
-            if campaign_id is not None:
-                query += " AND campaign_id = ?"
-                params += (campaign_id,)
-            candidates = connection.execute(query, params).fetchall()
-        if not candidates and transid:
-            query = (
-                "SELECT d.campaign_id, d.batch_key, d.msisdn, d.correlation_id FROM batches b "
-                "JOIN destinations d ON d.batch_key = b.batch_key WHERE b.message_id = ?"
-            )
-            params = (transid,)
-            if campaign_id is not None:
-                query += " AND b.campaign_id = ?"
-                params += (campaign_id,)
-            candidates = connection.execute(query, params).fetchall()
-        if len(candidates) > 1 and number:
-            candidates = [row for row in candidates if _digits(row[2]) == number] or candidates
-        if not candidates or len({row[0] for row in candidates}) != 1:
-            return False
-        matched_campaign = candidates[0][0]
-        batch_key: str | None
-        if len(candidates) == 1:
-            _, batch_key, msisdn, matched_correlation = candidates[0]
-        else:  # one request (one messageId) for several destinations, no number to tell them apart
-            keys = {row[1] for row in candidates}
-            batch_key = candidates[0][1] if len(keys) == 1 else None
-            msisdn, matched_correlation = fields["destination"], correlation_id
-        connection.execute(
-            "INSERT INTO receipts(campaign_id, batch_key, correlation_id, msisdn, transid, delivery_status, "
-            "code, description, time_stamp, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (
-                matched_campaign,
-                batch_key,
-                matched_correlation,
-                msisdn,
-                transid,
-                fields["deliverystatus"],
-                fields["code"],
-                fields["description"],
-                fields["timestamp"],
-                _now(),
-            ),
-        )
         return True
+
+    def record_receipts(self, receipts: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """`record_receipt(None, r)` for each, in one transaction: the receipts listener's
+        group commit, one fsync for every receipt that arrived together."""
+        with self._write():
+            self._joining = True
+            try:
+                return [self.record_receipt(None, receipt) for receipt in receipts]
+            finally:
+                self._joining = False
 
     # --- summary ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from runner.commands import ApplySettings, Console, StatusSettings, run_apply, run_status
 from runner.errors import ExitCode
@@ -96,3 +97,9 @@ def test_ledger_records_many_receipts_in_one_call_matched_or_not(tmp_path: Path)
         assert outcomes == [True, False, True, True]
         assert ledger.record_receipts([]) == []
         assert dict(ledger.summary("camp").receipts) == {"Submitted": 1, "Delivered": 1}
+        # one transaction: a receipt that cannot be stored takes the whole group back
+        with pytest.raises(UnicodeEncodeError):
+            ledger.record_receipts([receipt("c1", "Failed"), receipt("c1", "\ud83d")])
+        assert dict(ledger.summary("camp").receipts) == {"Submitted": 1, "Delivered": 1}
+        assert ledger.record_receipts([receipt("c1", "Failed")]) == [True]
+        assert dict(ledger.summary("camp").receipts) == {"Submitted": 1, "Delivered": 1, "Failed": 1}
