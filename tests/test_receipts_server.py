@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -346,6 +347,8 @@ def test_the_command_serves_on_loopback_without_auth_and_stops_on_sigint(tmp_pat
                             cwd=tmp_path)
     try:
         assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 30)  # a timeout, so a hung start fails
+        assert ready, "the listener printed nothing within 30 s"
         line = proc.stderr.readline()
         assert line.startswith("receipts listening on http://127.0.0.1:") and "no auth" in line
         url = line.split()[3]
