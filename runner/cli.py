@@ -310,14 +310,25 @@ def receipts() -> None:
 @receipts.command()
 @click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=Path(".campaign/state.db"),
               show_default=True, help="Ledger file to record receipts in.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-def listen(state: Path, host: str, port: int) -> None:
-    """Receive deliveryInfoNotification webhooks and record them in the ledger."""
-    with _handler():
-        from .receipts import listen as serve_receipts
+@click.option("--path", "url_path", default="/receipts", show_default=True,
+              help="The one URL path that accepts receipts (POST); put it in the campaign's notifyUrl.")
+@click.option("--no-auth", is_flag=True,
+              help="Accept receipts without the CAMPAIGN_RECEIPTS_TOKEN secret (loopback addresses only).")
+def listen(state: Path, host: str, port: int, url_path: str, no_auth: bool) -> None:
+    """Receive deliveryInfoNotification webhooks and record them in the ledger.
 
-        serve_receipts(state, host, port, ready=lambda url: click.echo(f"receipts listening on {url}", err=True))
+    Requests must carry the token from CAMPAIGN_RECEIPTS_TOKEN (or the file named by
+    CAMPAIGN_RECEIPTS_TOKEN_FILE) as `Authorization: Bearer TOKEN` or as the basic-auth
+    password. A 200 means the receipt is committed to the ledger.
+    """
+    with _handler():
+        from .commands import ReceiptsListenSettings, run_receipts_listen
+
+        settings = ReceiptsListenSettings(state=state, host=host, port=port, path=url_path, no_auth=no_auth)
+        sys.exit(run_receipts_listen(settings, environ=dict(os.environ),
+                                     ready=lambda url: click.echo(f"receipts listening on {url}", err=True)))
 
 
 @cli.command()

@@ -446,3 +446,30 @@ def run_affected(settings: AffectedSettings, *, out: TextIO, cwd: Path | None = 
         for path in result.deleted if settings.deleted else result.campaigns:
             out.write(path + "\n")
     return ExitCode.OK
+
+
+@dataclass(frozen=True)
+class ReceiptsListenSettings:
+    state: Path = DEFAULT_STATE
+    host: str = "127.0.0.1"
+    port: int = 8080
+    path: str = "/receipts"  # = receipts.DEFAULT_PATH (not imported: uvicorn loads only here)
+    no_auth: bool = False
+
+
+def run_receipts_listen(settings: ReceiptsListenSettings, *, environ: Mapping[str, str],
+                        ready: Callable[[str], None]) -> ExitCode:
+    """Serve receipts into the ledger until interrupted. Every refusal (no token, --no-auth
+    off loopback, port taken, unusable ledger) happens before the first request is accepted."""
+    from .ledger import Ledger
+    from .receipts import ReceiptListener, check_listen_auth, receipts_token
+
+    if not settings.path.startswith("/"):
+        raise CampaignError(f"--path must start with '/', not {settings.path!r}", exit_code=ExitCode.USAGE)
+    token = None if settings.no_auth else receipts_token(environ)
+    check_listen_auth(settings.host, token, settings.no_auth)
+    with Ledger.open(settings.state) as ledger:
+        listener = ReceiptListener(ledger, token=token, host=settings.host, port=settings.port, path=settings.path)
+        ready(listener.url + ("" if token is not None else " (no auth: loopback only)"))
+        listener.serve()
+    return ExitCode.OK

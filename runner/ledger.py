@@ -223,6 +223,7 @@ class Ledger:
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._joining = False  # set only by record_receipts, under the lock
         self._state = _State(connection)
 
     # --- opening and closing ------------------------------------------------------
@@ -326,6 +327,9 @@ class Ledger:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._connection()
+            if self._joining:  # a write inside record_receipts: part of its one transaction
+                yield connection
+                return
             # Everything from BEGIN to COMMIT sits inside the try: an interrupt (Ctrl-C,
             # SIGTERM) landing anywhere in between must not leave a transaction open.
             try:
@@ -718,6 +722,16 @@ class Ledger:
                 ),
             )
         return True
+
+    def record_receipts(self, receipts: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """`record_receipt(None, r)` for each, in one transaction: the receipts listener's
+        group commit, one fsync for every receipt that arrived together."""
+        with self._write():
+            self._joining = True
+            try:
+                return [self.record_receipt(None, receipt) for receipt in receipts]
+            finally:
+                self._joining = False
 
     # --- summary ------------------------------------------------------------------
 

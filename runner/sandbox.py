@@ -95,6 +95,8 @@ class SandboxSettings:
     templates: Mapping[str, str] = field(default_factory=dict)
     receipts: bool = True
     receipt_delay: float = 0.0
+    # sent as `Authorization: Bearer ...` with each receipt, as a receiver behind a token needs
+    receipts_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         """Refuse at construction, not on first request: a rehearsal that is silently
@@ -466,14 +468,16 @@ class Sandbox:
     def _post_receipts(self) -> None:
         # Loopback only, so no proxy (trust_env) and no certificate check: a local test receiver
         # has no CA-signed certificate, and building a verifying context costs ~50 ms per start.
+        headers = {"Content-Type": "application/json"}
+        if self.settings.receipts_token is not None:
+            headers["Authorization"] = f"Bearer {self.settings.receipts_token}"
         with httpx.Client(timeout=RECEIPT_POST_TIMEOUT_SECONDS, trust_env=False, verify=False) as client:
             while (item := self._receipts.get()) is not None:
                 due, url, build = item
                 if self._stopping.wait(max(0.0, due - time.monotonic())):
                     return
                 try:
-                    response = client.post(url, content=json.dumps(build()).encode("ascii"),
-                                           headers={"Content-Type": "application/json"})
+                    response = client.post(url, content=json.dumps(build()).encode("ascii"), headers=headers)
                     ok = response.is_success
                 except Exception:  # a receiver's failure must never take the sandbox down
                     ok = False

@@ -132,3 +132,7 @@ RECEIPT_STATUS_BY_CODE: Final[dict[str, str]] = {
 }
 # UNCONFIRMED: that the receipt's `transid` equals the v2 `messageId`; receipts are
 # matched on `correlationid` first for that reason.
+# UNCONFIRMED: that the vendor retries a receipt webhook answered with something other
+# than a 2xx, and how (credentials through `notifyUrlAuthId` too). `campaign receipts
+# listen` answers 200 only once a receipt is committed, so a retry would cover a crash;
+# without one, a receipt refused (401, 503) or unanswered is lost, never wrongly stored.
