@@ -58,7 +58,7 @@ def error_handler(show_traceback: bool = False) -> Iterator[None]:
         message = error.message if ": error: " in error.message else f"error: {error.message}"
         _fail(message, int(error.exit_code), error.hint)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", int(ExitCode.INTERRUPTED))
     except click.exceptions.Exit:
         raise
     except click.ClickException:
@@ -107,7 +107,8 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="campaign")
-@click.option("--traceback", "show_traceback", is_flag=True, hidden=True, help="Show tracebacks for unexpected errors.")
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="Print the Python traceback of a crash (exit 70), for a bug report.")
 @click.pass_context
 def cli(ctx: click.Context, show_traceback: bool) -> None:
     """Validate, preview and send SMS campaigns kept as YAML, through Webex Connect."""
@@ -195,7 +196,8 @@ STATE_HELP = "Ledger file (default .campaign/state.db; .campaign/sandbox.db with
 def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, region: str | None,
           base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool, max_in_flight: int,
           timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
-    """Send a campaign exactly once. Exit 0 all accepted, 3 some failed/uncertain, 4 refused."""
+    """Send a campaign exactly once. Exit 0 all accepted, 2 credentials refused, 3 some failed/uncertain,
+    4 refused or declined, 130 interrupted."""
     with _handler():
         from .commands import ApplySettings, Console, run_apply
 

@@ -46,6 +46,11 @@ class ValidateSettings:
 
 
 def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> ExitCode:
+    missing = [str(path) for path in settings.paths if not path.exists()]
+    if missing:
+        # a path that is not there is a mistake on the command line, not an invalid campaign
+        raise CampaignError(f"no such file or folder: {', '.join(missing)}", exit_code=ExitCode.USAGE,
+                            hint="give campaign files (*.yaml, *.yml) or folders holding them")
     result = validate_paths(settings.paths, now=now, strict=settings.strict)
     if not result.files:
         raise CampaignError("no campaign files (*.yaml, *.yml) found", exit_code=ExitCode.USAGE)
@@ -159,8 +164,8 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
             raise CampaignError("refusing to send without confirmation", exit_code=ExitCode.USAGE,
                                 hint="pass --yes to apply from a pipeline")
         if not console.confirm(f"Send {plan.summary.messages} messages to {target}?"):
-            console.err.write("nothing sent\n")
-            return ExitCode.OK
+            console.err.write("nothing sent: declined at the prompt\n")
+            return ExitCode.REFUSED
     with ExitStack() as stack:
         stack.enter_context(acquire_lock(settings.state_path, campaign.id))
         ledger = stack.enter_context(Ledger.open(settings.state_path))

@@ -48,6 +48,10 @@ class SendPolicy:
     resend_uncertain: bool = False
 
 
+# Bumped when a key of `campaign apply --format json` changes meaning or goes away.
+APPLY_JSON_FORMAT_VERSION = 1
+
+
 @dataclass(frozen=True)
 class BatchFailure:
     batch_key: str
@@ -71,21 +75,31 @@ class ApplyResult:
     uncertain_destinations: int = 0
     attempts: int = 0
     elapsed_seconds: float = 0.0
+    # The send phase: from the first request's departure to the end of the last one's slot
+    # in the pacing schedule (a batch of n occupies n/tps of a window). Rates are measured
+    # over it, so one quick batch does not read as thousands a second.
+    send_seconds: float = 0.0
     interrupted: bool = False
+    auth_failure: str | None = None  # the vendor refused the credentials: the run stopped
     failures: list[BatchFailure] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.failed or self.uncertain or self.interrupted:
+        if self.auth_failure is not None:
+            return ExitCode.USAGE
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if self.failed or self.uncertain:
             return ExitCode.PARTIAL
         return ExitCode.OK
 
     @property
     def destinations_per_second(self) -> float:
-        return self.accepted_destinations / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+        return self.accepted_destinations / self.send_seconds if self.send_seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format_version": APPLY_JSON_FORMAT_VERSION,
             "campaignId": self.campaign_id,
             "plannedBatches": self.planned_batches,
             "plannedDestinations": self.planned_destinations,
@@ -98,8 +112,10 @@ class ApplyResult:
             "uncertainDestinations": self.uncertain_destinations,
             "attempts": self.attempts,
             "elapsedSeconds": round(self.elapsed_seconds, 3),
+            "sendSeconds": round(self.send_seconds, 3),
             "destinationsPerSecond": round(self.destinations_per_second, 1),
             "interrupted": self.interrupted,
+            "authFailure": self.auth_failure,
             "exitCode": int(self.exit_code),
             "failures": [
                 {"batchKey": f.batch_key, "destinations": f.destinations, "httpStatus": f.http_status,
@@ -238,6 +254,8 @@ class Applier:
         self.rng_lock = threading.Lock()
         self.result_lock = threading.Lock()
         self.result = ApplyResult(campaign.id)
+        self.first_departure: float | None = None
+        self.last_slot_end = 0.0
 
     def run(self, batches: Iterator[Batch]) -> ApplyResult:
         with self._stop_on_signals():
@@ -299,6 +317,8 @@ class Applier:
                 if future.done() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
             self.result.elapsed_seconds = time.monotonic() - started
+            if self.first_departure is not None:
+                self.result.send_seconds = self.last_slot_end - self.first_departure
         self._count_held_uncertain()
         return self.result
 
@@ -345,6 +365,7 @@ class Applier:
             with self.result_lock:
                 self.result.attempts += 1
             self.limiter.touch(reservation)  # the window counts from the departure, not the fsync
+            self._note_departure(reservation)
             answer = self.sender.send(batch)
             if self.log is not None:
                 self.log(f"batch {batch.key} attempt {attempt}: {answer.outcome.value}"
@@ -356,6 +377,9 @@ class Applier:
                     self.result.accepted_destinations += len(batch.destinations)
                 self.on_progress(len(batch.destinations))
                 return
+            if answer.auth_failed:
+                self._stop_for_auth(answer)
+                break
             if answer.outcome is Outcome.REJECTED:
                 break
             if answer.outcome is Outcome.UNCERTAIN and not self.policy.resend_uncertain:
@@ -380,6 +404,21 @@ class Applier:
             self.result.failed += 1
             self.result.failed_destinations += len(batch.destinations)
             self._record_failure(batch, answer)
+
+    def _note_departure(self, reservation: list[float]) -> None:
+        departure, count = reservation[0], reservation[1]
+        with self.result_lock:
+            if self.first_departure is None or departure < self.first_departure:
+                self.first_departure = departure
+            self.last_slot_end = max(self.last_slot_end, departure + count * self.limiter.window / self.limiter.rate)
+
+    def _stop_for_auth(self, answer: Answer) -> None:
+        """A refused key or JWT is refused for every batch: stop at the first such answer
+        instead of trying them all (what is left stays pending for the next run)."""
+        self.stop.set()
+        with self.result_lock:
+            if self.result.auth_failure is None:
+                self.result.auth_failure = answer.message
 
     def _record_failure(self, batch: Batch, answer: Answer) -> None:
         if len(self.result.failures) < 100:
