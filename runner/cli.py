@@ -237,13 +237,21 @@ def status(file: Path, state: Path, output_format: str) -> None:
 @click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Fraction accepted, then the connection closed unanswered.")
 @click.option("--seed", type=int, default=None, help="Makes fail/drop choices reproducible.")
-def sandbox(port: int, tps: int | None, latency: float, fail_rate: float, drop_rate: float, seed: int | None) -> None:
+@click.option("--ignore-idempotency", is_flag=True,
+              help="Store every request, a repeated Idempotency-Key included (shows what duplicates would reach).")
+@click.option("--drop-request", "drop_requests", type=click.IntRange(1, None), multiple=True,
+              help="Accept the Nth message request (1-based), then close the connection unanswered. Repeatable.")
+@click.option("--drop-key", "drop_keys", multiple=True,
+              help="Accept the first request with this Idempotency-Key, then close unanswered. Repeatable.")
+def sandbox(port: int, tps: int | None, latency: float, fail_rate: float, drop_rate: float, seed: int | None,
+            ignore_idempotency: bool, drop_requests: tuple[int, ...], drop_keys: tuple[str, ...]) -> None:
     """Run a local stand-in for the Webex Connect API on 127.0.0.1 (Ctrl-C stops it)."""
     with _handler():
         from .sandbox import SandboxSettings, serve
 
         settings = SandboxSettings(port=port, tps=tps, latency=latency, fail_rate=fail_rate, drop_rate=drop_rate,
-                                   seed=seed)
+                                   seed=seed, ignore_idempotency=ignore_idempotency,
+                                   drop_requests=frozenset(drop_requests), drop_keys=frozenset(drop_keys))
         serve(settings, ready=lambda url: click.echo(f"sandbox listening on {url} (POST /v2/messages, "
                                                     "/v1/sms/messages; GET /_sandbox/messages)", err=True))
 

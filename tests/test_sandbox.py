@@ -71,7 +71,7 @@ def v1(**changes: Any) -> dict[str, Any]:
 
 
 DROP = object()
-AUTH = {vendor.SERVICE_KEY_HEADER: KEY}
+AUTH = {vendor.SERVICE_KEY_HEADER: KEY, "Content-Type": "application/json"}
 
 
 def iso(delta: timedelta, *, zone: bool = True) -> str:
