@@ -169,7 +169,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
     with ExitStack() as stack:
         stack.enter_context(acquire_lock(settings.state_path, campaign.id))
         ledger = stack.enter_context(Ledger.open(settings.state_path))
-        sandbox = stack.enter_context(_sandbox_for(campaign)) if settings.sandbox else None
+        sandbox = stack.enter_context(_sandbox_for(campaign, now)) if settings.sandbox else None
         if sandbox is not None:
             base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
         else:
@@ -200,13 +200,13 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
     return result.exit_code
 
 
-def _sandbox_for(campaign: Campaign) -> Sandbox:
+def _sandbox_for(campaign: Campaign, now: datetime | None = None) -> Sandbox:
     from .sandbox import Sandbox, SandboxSettings
 
     templates = {}
     if campaign.template is not None:
         templates[campaign.template.id] = campaign.template.preview or f"(template {campaign.template.id})"
-    return Sandbox(SandboxSettings(tps=campaign.tps, templates=templates))
+    return Sandbox(SandboxSettings(tps=campaign.tps, templates=templates, now=now))
 
 
 def _collect_sandbox_receipts(sandbox: Sandbox, ledger: Ledger, campaign_id: str) -> None:

@@ -114,6 +114,9 @@ class SandboxSettings:
     # only; a resend with the same key is replayed and answered).
     drop_requests: frozenset[int] = frozenset()
     drop_keys: frozenset[str] = frozenset()
+    # The vendor's "now" for schedule checks (sendAt, expireAt); None = the real clock. A
+    # rehearsal under CAMPAIGN_NOW passes its pinned time, so a dated example stays sendable.
+    now: datetime | None = None
 
     def __post_init__(self) -> None:
         """Refuse at construction, not on first request: a rehearsal that is silently
@@ -409,7 +412,8 @@ class Sandbox:
                 replay = self._replay(key, fingerprint)
                 if replay is not None:
                     return replay
-            plan = validate_v2(body, self._templates, limit) if api == "v2" else validate_v1(body)
+            now = settings.now
+            plan = validate_v2(body, self._templates, limit, now) if api == "v2" else validate_v1(body, now)
             self._check_rate(len(plan.destinations), request.arrived or time.monotonic())
             roll = self._rng.random()
             if roll < settings.fail_rate:

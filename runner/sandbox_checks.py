@@ -151,7 +151,7 @@ def _check_text(text: Any, content_type: str, text_name: str, type_name: str) ->
     return text
 
 
-def _check_timestamp(body: Mapping[str, Any], name: str) -> None:
+def _check_timestamp(body: Mapping[str, Any], name: str, now: datetime | None) -> None:
     value = body.get(name)
     if value is None:
         return
@@ -161,7 +161,7 @@ def _check_timestamp(body: Mapping[str, Any], name: str) -> None:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise invalid(name)
-    ahead = moment - datetime.now(timezone.utc)
+    ahead = moment - (now or datetime.now(timezone.utc))
     if ahead > timedelta(seconds=MAX_SCHEDULE_AHEAD_SECONDS):
         raise invalid(name)
     if name == "sendAt" and ahead < -timedelta(seconds=SEND_AT_PAST_TOLERANCE_SECONDS):
@@ -231,7 +231,8 @@ def _substitute(text: str, personal: Mapping[str, str], common: Mapping[str, str
     return _PLACEHOLDER.sub(one, text)
 
 
-def validate_v2(body: Mapping[str, Any], templates: Mapping[str, str], limit: int) -> Plan:
+def validate_v2(body: Mapping[str, Any], templates: Mapping[str, str], limit: int,
+                now: datetime | None = None) -> Plan:
     """Checks run in the vendor's code order: 7003, then 7009, then 7004, then 7108."""
     if body.get("channel") != SMS_CHANNEL:
         raise _missing("channel")
@@ -296,8 +297,8 @@ def validate_v2(body: Mapping[str, Any], templates: Mapping[str, str], limit: in
     if validity is not None and not (isinstance(validity, str) and validity.isascii() and validity.isdigit()
                                      and 1 <= int(validity) <= MAX_VALIDITY_SECONDS):
         raise invalid("validity")
-    _check_timestamp(body, "sendAt")
-    _check_timestamp(body, "expireAt")
+    _check_timestamp(body, "sendAt", now)
+    _check_timestamp(body, "expireAt", now)
     callback_data = _check_callback_data(body.get("callbackData"))
     options = body.get("options")
     if options is not None:
@@ -351,7 +352,7 @@ def _check_contact_policy(policy: Any) -> None:
         raise _missing("contactPolicy.contactPolicyGroup")
 
 
-def validate_v1(body: Mapping[str, Any]) -> Plan:
+def validate_v1(body: Mapping[str, Any], now: datetime | None = None) -> Plan:
     for name in ("from", "to", "content"):
         if _blank(body.get(name)):
             raise _missing(name)
@@ -366,7 +367,7 @@ def validate_v1(body: Mapping[str, Any]) -> Plan:
     correlation = _check_correlation_id(body.get("correlationId"), "correlationId")
     callback_data = _check_callback_data(body.get("callbackData"))
     callback_url = _check_url(body.get("callbackUrl"), "callbackUrl")
-    _check_timestamp(body, "expireAt")
+    _check_timestamp(body, "expireAt", now)
     for flag in ("shortenUrls", "trackShortUrlClicks"):
         if flag in body and not _boolish(body[flag]):
             raise invalid(flag)

@@ -249,3 +249,15 @@ def test_the_client_and_the_sandbox_agree_on_gsm7() -> None:
 
     assert GSM7_BASIC == client_segments.GSM7_BASIC
     assert GSM7_EXTENSION == client_segments.GSM7_EXTENSION
+
+
+def test_a_pinned_now_judges_the_schedule(started: Any) -> None:
+    """`apply --sandbox` under CAMPAIGN_NOW: the rehearsal's vendor lives at the pinned time."""
+    from datetime import datetime, timezone
+
+    sandbox, client = started(now=datetime(2020, 1, 1, 8, 0, tzinfo=timezone.utc))
+    body = v2(sendAt="2020-01-01T09:00:00Z")  # an hour ahead of the pinned time
+    assert client.post(V2, content=json.dumps(body), headers=JSON_HEADERS).status_code == 201
+    late = v2(sendAt="2019-12-31T09:00:00Z")
+    assert client.post(V2, content=json.dumps(late), headers=JSON_HEADERS).json()["message"] == (
+        "Invalid parameter - sendAt")
