@@ -239,7 +239,10 @@ def backoff_delay(attempt: int, policy: SendPolicy, retry_after: float | None, r
 class Applier:
     def __init__(self, campaign: Campaign, *, ledger: Ledger, sender: Sender, api: Api, policy: SendPolicy,
                  run_id: str, on_progress: Callable[[int], None] | None = None, seed: int | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        """`clock` and `sleep` pace sending and back off between attempts: the real ones, or a
+        test's virtual clock, so pacing and retry tests never wait on (or race) the wall clock."""
         self.campaign = campaign
         self.ledger = ledger
         self.sender = sender
@@ -248,7 +251,8 @@ class Applier:
         self.run_id = run_id
         self.on_progress = on_progress or (lambda n: None)
         self.log = log
-        self.limiter = RateLimiter(campaign.tps)
+        self.limiter = RateLimiter(campaign.tps, clock=clock, sleep=sleep or time.sleep)
+        self.sleep = sleep
         self.stop = threading.Event()
         self.rng = random.Random(seed)
         self.rng_lock = threading.Lock()
@@ -390,7 +394,7 @@ class Applier:
                 delay = backoff_delay(attempt, self.policy, answer.retry_after, self.rng)
             if answer.retry_after is not None or answer.http_status == 429:
                 self.limiter.pause(delay)
-            if self.stop.wait(delay):
+            if self._back_off(delay):
                 break
         assert answer is not None
         if answer.outcome is Outcome.UNCERTAIN:
@@ -404,6 +408,13 @@ class Applier:
             self.result.failed += 1
             self.result.failed_destinations += len(batch.destinations)
             self._record_failure(batch, answer)
+
+    def _back_off(self, delay: float) -> bool:
+        """Wait `delay` seconds before the next attempt; True when the run is stopping."""
+        if self.sleep is None:
+            return self.stop.wait(delay)
+        self.sleep(delay)
+        return self.stop.is_set()
 
     def _note_departure(self, reservation: list[float]) -> None:
         departure, count = reservation[0], reservation[1]
