@@ -71,6 +71,8 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO) -> ExitCode:
     campaign, warnings = load_campaign(settings.file, now=now, strict=settings.strict)
     plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
     _reporter(settings.output_format, out).plan(plan, show_all=settings.show_all)
+    if settings.strict and plan.warnings:
+        return ExitCode.INVALID  # --strict: the plan's own warnings (encoding, no recipients...) fail it too
     return ExitCode.OK
 
 

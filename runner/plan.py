@@ -134,7 +134,19 @@ def build_plan(
         send_at=campaign.send_at,
         expires_at=_expiry(campaign),
     )
-    return Plan(summary, tuple(shown), tuple(warnings) + tuple(_encoding_warnings(compiler)) + _template_note(campaign))
+    return Plan(summary, tuple(shown), tuple(warnings) + tuple(_encoding_warnings(compiler)) + _template_note(campaign)
+                + _nobody_note(campaign, summary))
+
+
+def _nobody_note(campaign: Campaign, summary: PlanSummary) -> tuple[Diagnostic, ...]:
+    """A campaign that sends nothing passes every check: say so, at plan and apply."""
+    if summary.messages:
+        return ()
+    location = campaign.source.locate(("recipients",), key=True)
+    why = (f"{summary.rows_read:,} recipient rows read, {summary.duplicates:,} duplicates, "
+           f"{summary.excluded:,} excluded")
+    return (Diagnostic(location, Severity.WARNING, f"this campaign sends to nobody ({why})", "no-recipients",
+                       "check the recipient files (a header-only CSV?) and the exclude lists"),)
 
 
 def _expiry(campaign: Campaign) -> datetime | None:
