@@ -151,3 +151,83 @@ def test_a_campaign_that_sends_to_nobody_warns_at_apply(tmp_path: Path) -> None:
     run = apply(path, "http://127.0.0.1:9", tmp_path / "state.db")  # nothing to send: no request is made
     assert run.code == 0
     assert "this campaign sends to nobody" in run.err
+
+
+# --- recipient files: every bad row, in one pass -------------------------------------------------
+
+
+def plan_error(tmp_path: Path, csv_text: str | bytes, **extra: object) -> str:
+    target = tmp_path / "people.csv"
+    if isinstance(csv_text, bytes):
+        target.write_bytes(csv_text)
+    else:
+        target.write_text(csv_text, encoding="utf-8")
+    path = write_campaign(tmp_path, {"content": {"text": "Hi {{ name }}"}, "recipients": [{"file": "people.csv"}],
+                                     **extra})
+    with pytest.raises(CampaignError) as caught:
+        plan(path)
+    return caught.value.message
+
+
+def test_three_bad_rows_are_all_reported(tmp_path: Path) -> None:
+    message = plan_error(tmp_path, f"msisdn,name\n{number(1)},Ann\nnot-a-number,Bob\n{number(3)}\n,Dee\n"
+                                   f"{number(5)},Eve\n")
+    lines = [line.split("error: ", 1)[1] for line in message.splitlines()]
+    assert [line.split(":", 1)[0].rsplit("/", 1)[-1] for line in message.splitlines()] == ["people.csv"] * 3
+    assert [int(line.split(":")[1]) for line in message.splitlines()] == [3, 4, 5]
+    assert lines[1] == "row has 1 cells but the header has 2 [recipient-row]"
+    assert lines[2] == "missing number in column 'msisdn' [recipient-row]"
+
+
+def test_many_bad_rows_are_capped_with_a_total(tmp_path: Path) -> None:
+    rows = "".join(f"bad{i},X\n" for i in range(12_360))
+    message = plan_error(tmp_path, f"msisdn,name\n{rows}")
+    lines = message.splitlines()
+    assert len(lines) == 21
+    assert lines[-1] == "… and 12,340 more bad rows"
+    assert lines[0].split(":")[1] == "2" and lines[19].split(":")[1] == "21"
+
+
+def test_malformed_quoting_is_a_row_error_not_repaired(tmp_path: Path) -> None:
+    message = plan_error(tmp_path, f'msisdn,name\n{number(1)},"Al"an"\n{number(2)},Bob\n')
+    assert message.endswith("people.csv:2: error: malformed CSV: ',' expected after '\"' [recipient-row]")
+
+
+def test_a_nul_byte_is_a_row_error(tmp_path: Path) -> None:
+    message = plan_error(tmp_path, f"msisdn,name\n{number(1)},A\x00nn\n".encode())
+    assert message.endswith("people.csv:2: error: NUL byte in column 'name' (a binary file?) [recipient-row]")
+
+
+def test_a_semicolon_delimited_file_says_so(tmp_path: Path) -> None:
+    text = f"msisdn;name\n{number(1)};Ann\n"
+    message = plan_error(tmp_path, text)
+    assert "people.csv: the file is semicolon-delimited" in message  # found by validate, before plan reads rows
+    assert "save it with commas" in message
+    assert any("semicolon-delimited" in d.message
+               for d in validate_file(tmp_path / "campaign.yaml", now=NOW).errors)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"], ids=["with-bom", "without-bom"])
+def test_a_utf16_file_says_so(tmp_path: Path, encoding: str) -> None:
+    message = plan_error(tmp_path, f"msisdn,name\n{number(1)},Ann\n".encode(encoding))
+    assert "people.csv: the file is UTF-16, not UTF-8: save it as UTF-8" in message
+
+
+# --- correlation ids: one per recipient, across files and inline ------------------------------------
+
+
+def test_the_same_correlation_id_on_two_csv_rows_is_an_error_with_both_locations(tmp_path: Path) -> None:
+    message = plan_error(tmp_path, f"msisdn,name,correlationId\n{number(1)},Ann,c-1\n{number(2)},Bob,c-2\n"
+                                   f"{number(3)},Cy,c-1\n")
+    assert "people.csv:4: error: correlationId 'c-1' is also given to the recipient at " in message
+    assert message.endswith("people.csv:2: receipts would be matched to the wrong person [recipient-row]")
+
+
+def test_the_same_correlation_id_inline_and_in_a_csv_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "people.csv").write_text(f"msisdn,correlationId\n{number(2)},vip-1\n", encoding="utf-8")
+    path = write_campaign(tmp_path, {"content": {"text": "Hi"}, "recipients": [
+        {"msisdn": number(1), "correlationId": "vip-1"}, {"file": "people.csv"}]})
+    with pytest.raises(CampaignError) as caught:
+        plan(path)
+    assert "people.csv:2: error: correlationId 'vip-1' is also given to the recipient at " in caught.value.message
+    assert "campaign.yaml:" in caught.value.message
