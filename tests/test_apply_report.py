@@ -237,3 +237,34 @@ def test_status_json_carries_its_format_version(tmp_path: Path, sandbox: Sandbox
     shown = json.loads(status(path, state, "json").out)
     assert shown["format_version"] == 1
     assert shown["destinations"]["accepted"] == 3
+
+
+# --- the sandbox's switches at work: a swallowed answer, with and without deduplication ----------
+
+
+@pytest.mark.parametrize("deduplicating", [True, False], ids=["vendor-dedupes", "vendor-ignores-key"])
+def test_a_swallowed_answer_is_held_then_resent_once_only_thanks_to_the_key(
+    tmp_path: Path, sandbox_factory: Callable[..., Sandbox], deduplicating: bool  # noqa: F811
+) -> None:
+    """Request 2 is taken but its answer never comes: apply holds that batch `uncertain`
+    (exit 3). `--resend-uncertain` sends it again under the same Idempotency-Key: a vendor
+    that honours the key stores it once; one that ignores it (the switch) shows the
+    duplicates that would reach handsets, which is why the ledger holds such batches."""
+    sandbox = sandbox_factory(drop_requests=frozenset({2}), ignore_idempotency=not deduplicating)
+    path, numbers = csv_campaign(tmp_path, 30, tps=10)  # three batches of 10
+    state = tmp_path / "state.db"
+
+    first = apply(path, sandbox.url, state, max_in_flight=1)
+    assert first.code == int(ExitCode.PARTIAL)
+    _, records = ledger_state(state)
+    assert sorted(r.status for r in records) == ["accepted", "accepted", "uncertain"]
+    assert len(sandbox.messages()) == 30  # all three were taken
+
+    second = apply(path, sandbox.url, state, resend_uncertain=True)
+    assert second.code == 0, second.out + second.err
+    stored = [m.msisdn for m in sandbox.messages()]
+    held = set(numbers[10:20])  # the second batch: file order, ten a request
+    if deduplicating:
+        assert sorted(stored) == sorted(numbers)  # each once
+    else:
+        assert len(stored) == 40 and {m for m in stored if stored.count(m) == 2} == held
