@@ -60,7 +60,7 @@ def error_handler(show_traceback: bool = False) -> Iterator[None]:
         message = error.message if ": error: " in error.message else f"error: {error.message}"
         _fail(visible(message), int(error.exit_code), visible(error.hint) if error.hint else None)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("interrupted", int(ExitCode.INTERRUPTED))
     except click.exceptions.Exit:
         raise
     except click.ClickException:
@@ -115,7 +115,8 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="campaign")
-@click.option("--traceback", "show_traceback", is_flag=True, hidden=True, help="Show tracebacks for unexpected errors.")
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="Print the Python traceback of a crash (exit 70), for a bug report.")
 @click.pass_context
 def cli(ctx: click.Context, show_traceback: bool) -> None:
     """Validate, preview and send SMS campaigns kept as YAML, through Webex Connect."""
@@ -247,7 +248,8 @@ STATE_HELP = "Ledger file (default .campaign/state.db; .campaign/sandbox.db with
 def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, region: str | None,
           base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool, max_in_flight: int,
           timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
-    """Send a campaign (or a saved plan) exactly once. Exit 0 all accepted, 3 some failed/uncertain, 4 refused.
+    """Send a campaign (or a saved plan) exactly once. Exit 0 all accepted, 2 credentials refused,
+    3 some failed/uncertain, 4 refused or declined, 130 interrupted.
 
     FILE may be a saved plan (`campaign plan CAMPAIGN -o PLAN`): then its campaign is sent
     only if every input and request body still match the plan, else exit 4."""
@@ -291,13 +293,21 @@ def status(file: Path, state: Path, output_format: str) -> None:
 @click.option("--drop-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Fraction accepted, then the connection closed unanswered.")
 @click.option("--seed", type=int, default=None, help="Makes fail/drop choices reproducible.")
-def sandbox(port: int, tps: int | None, latency: float, fail_rate: float, drop_rate: float, seed: int | None) -> None:
+@click.option("--ignore-idempotency", is_flag=True,
+              help="Store every request, a repeated Idempotency-Key included (shows what duplicates would reach).")
+@click.option("--drop-request", "drop_requests", type=click.IntRange(1, None), multiple=True,
+              help="Accept the Nth message request (1-based), then close the connection unanswered. Repeatable.")
+@click.option("--drop-key", "drop_keys", multiple=True,
+              help="Accept the first request with this Idempotency-Key, then close unanswered. Repeatable.")
+def sandbox(port: int, tps: int | None, latency: float, fail_rate: float, drop_rate: float, seed: int | None,
+            ignore_idempotency: bool, drop_requests: tuple[int, ...], drop_keys: tuple[str, ...]) -> None:
     """Run a local stand-in for the Webex Connect API on 127.0.0.1 (Ctrl-C stops it)."""
     with _handler():
         from .sandbox import SandboxSettings, serve
 
         settings = SandboxSettings(port=port, tps=tps, latency=latency, fail_rate=fail_rate, drop_rate=drop_rate,
-                                   seed=seed)
+                                   seed=seed, ignore_idempotency=ignore_idempotency,
+                                   drop_requests=frozenset(drop_requests), drop_keys=frozenset(drop_keys))
         serve(settings, ready=lambda url: click.echo(f"sandbox listening on {url} (POST /v2/messages, "
                                                     "/v1/sms/messages; GET /_sandbox/messages)", err=True))
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 import email.utils
 import enum
 import json
-import re
 import math
+import re
+import socket
+import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +56,9 @@ REDACT_ANYWHERE_LENGTH: Final = 12  # secrets at least this long are redacted ev
 CONNECT_TIMEOUT_MAX: Final = 10.0
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
+# 7001 "Authentication failed", 7002 "Service Key Missing" (fact sheet §1; v1 answers 403 with
+# 7001, v2 answers 401 with no body).
+AUTH_FAILURE_CODES: Final = frozenset({"7001", "7002"})
 AUTH_FAILED_MESSAGE: Final = (
     "authentication failed (check WEBEX_CONNECT_SERVICE_KEY / WEBEX_CONNECT_JWT)"
 )
@@ -203,7 +208,17 @@ def _checked_base_url(text: str) -> str:
             exit_code=ExitCode.USAGE,
             hint="use an https:// base URL (plain http is allowed only to localhost, for a sandbox)",
         )
-    return text.rstrip("/")
+    return strip_api_version(text.rstrip("/"))
+
+
+# The vendor's OpenAPI server is `https://api.<region>.webexconnect.io/v2`: a base URL
+# copied from it already names a version, and the request paths add their own.
+_VERSION_SUFFIX = re.compile(r"/v[12]/*$")
+
+
+def strip_api_version(base_url: str) -> str:
+    """`base_url` without a trailing `/v1` or `/v2` (and slashes): the paths name the version."""
+    return _VERSION_SUFFIX.sub("", base_url.rstrip("/")).rstrip("/")
 
 
 # --- answers ----------------------------------------------------------------------
@@ -225,6 +240,13 @@ class Answer:
     message_id: str | None
     retry_after: float | None  # seconds, from a Retry-After header
 
+    @property
+    def auth_failed(self) -> bool:
+        """The vendor refused the credentials: every other request would be refused too."""
+        if self.code in AUTH_FAILURE_CODES:
+            return True
+        return self.http_status == 401 or (self.http_status == 403 and self.code is None)
+
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Retry-After as seconds (>= 0): delta-seconds or an HTTP-date; None when absent or unreadable."""
@@ -244,6 +266,43 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def connect_failure(exc: BaseException, base_url: str) -> str:
+    """What stopped a connection, in words a user can act on: refused, DNS, TLS, timeout.
+
+    httpx raises one ConnectError for all of them; the cause (an OSError, a socket.gaierror,
+    an ssl.SSLError) or its text says which. The host is named, never the credentials."""
+    host = httpx.URL(base_url).host if base_url else "the API"
+    chain = list(_causes(exc))
+    text = " ".join(str(e) for e in chain).lower()
+    if any(isinstance(e, ssl.SSLError) for e in chain) or "ssl" in text or "certificate" in text or "tls" in text:
+        what = f"TLS handshake with {host} failed (certificate or protocol problem)"
+    elif any(isinstance(e, socket.gaierror) for e in chain) or any(
+        phrase in text for phrase in ("name or service not known", "nodename nor servname", "name resolution",
+                                      "getaddrinfo", "no address associated")
+    ):
+        what = f"DNS lookup failed: {host} was not found (check --base-url / --region)"
+    elif any(isinstance(e, ConnectionRefusedError) for e in chain) or "connection refused" in text or (
+        "errno 111" in text
+    ):
+        what = f"connection refused by {host} (nothing listens there: check --base-url)"
+    elif isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        what = f"connecting to {host} timed out"
+    elif isinstance(exc, httpx.ProxyError):
+        what = f"the proxy refused the connection to {host}"
+    else:
+        what = f"could not connect to {host}"
+    return f"{what}, nothing was sent"
 
 
 def _one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -279,7 +338,7 @@ class ApiClient:
                 hint=f"set {SERVICE_KEY_ENV} or {JWT_ENV} (or {SERVICE_KEY_ENV}{FILE_SUFFIX} / "
                 f"{JWT_ENV}{FILE_SUFFIX} naming a file that holds it)",
             )
-        self.base_url = base_url.rstrip("/")
+        self.base_url = strip_api_version(base_url)
         self.credentials = credentials
         self.timeout = timeout
         if credentials.jwt:
@@ -338,7 +397,7 @@ class ApiClient:
                 body, read_error = self._read_body(response)
                 return self._classify_response(response, body, read_error)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
-            return self._transport_answer(Outcome.RETRY, "could not connect, nothing was sent", exc)
+            return self._transport_answer(Outcome.RETRY, connect_failure(exc, self.base_url), exc)
         except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
             return self._transport_answer(Outcome.REJECTED, "the request could not be made", exc)
         except httpx.ReadTimeout as exc:
@@ -414,7 +473,7 @@ class ApiClient:
             text = f"{_status_line(response)}: {snippet}"
         else:
             text = _status_line(response)
-        if code in ("7001", "7002") and "WEBEX_CONNECT" not in text:
+        if code in AUTH_FAILURE_CODES and "WEBEX_CONNECT" not in text:
             text += " - check WEBEX_CONNECT_SERVICE_KEY / WEBEX_CONNECT_JWT"
         if 300 <= status < 400:
             location = response.headers.get("Location")

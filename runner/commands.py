@@ -49,6 +49,11 @@ class ValidateSettings:
 
 
 def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> ExitCode:
+    missing = [str(path) for path in settings.paths if not path.exists()]
+    if missing:
+        # a path that is not there is a mistake on the command line, not an invalid campaign
+        raise CampaignError(f"no such file or folder: {', '.join(missing)}", exit_code=ExitCode.USAGE,
+                            hint="give campaign files (*.yaml, *.yml) or folders holding them")
     result = validate_paths(settings.paths, now=now, strict=settings.strict)
     if not result.files:
         raise CampaignError("no campaign files (*.yaml, *.yml) found", exit_code=ExitCode.USAGE)
@@ -122,6 +127,8 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
         (err or sys.stderr).write(f"saved plan: {settings.save_to} ({saved.requests.count} requests, "
                                   f"sha256 {saved.requests.sha256[:12]}…); apply it with "
                                   f"`campaign apply {settings.save_to}`\n")
+    if settings.strict and plan.warnings:
+        return ExitCode.INVALID  # --strict: the plan's own warnings (encoding, no recipients...) fail it too
     if settings.detailed_exitcode:
         return SOMETHING_TO_SEND if to_send else ExitCode.OK
     return ExitCode.OK
@@ -303,12 +310,12 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
             raise CampaignError("refusing to send without confirmation", exit_code=ExitCode.USAGE,
                                 hint="pass --yes to apply from a pipeline")
         if not console.confirm(f"Send {plan.summary.messages} messages to {target}?"):
-            console.err.write("nothing sent\n")
-            return ExitCode.OK
+            console.err.write("nothing sent: declined at the prompt\n")
+            return ExitCode.REFUSED
     with ExitStack() as stack:
         stack.enter_context(acquire_lock(settings.state_path, campaign.id))
         ledger = stack.enter_context(Ledger.open(settings.state_path))
-        sandbox = stack.enter_context(_sandbox_for(campaign)) if settings.sandbox else None
+        sandbox = stack.enter_context(_sandbox_for(campaign, now)) if settings.sandbox else None
         if sandbox is not None:
             base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
         else:
@@ -368,13 +375,13 @@ def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: Te
     return replace(settings, file=campaign_path(saved, plan_path), api=saved.api), bytes(fingerprints)
 
 
-def _sandbox_for(campaign: Campaign) -> Sandbox:
+def _sandbox_for(campaign: Campaign, now: datetime | None = None) -> Sandbox:
     from .sandbox import Sandbox, SandboxSettings
 
     templates = {}
     if campaign.template is not None:
         templates[campaign.template.id] = campaign.template.preview or f"(template {campaign.template.id})"
-    return Sandbox(SandboxSettings(tps=campaign.tps, templates=templates))
+    return Sandbox(SandboxSettings(tps=campaign.tps, templates=templates, now=now))
 
 
 def _collect_sandbox_receipts(sandbox: Sandbox, ledger: Ledger, campaign_id: str) -> None:

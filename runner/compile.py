@@ -124,6 +124,11 @@ class Compiler:
         # template's names are unknown: those read every column.
         self._columns = (self.text.variables
                          if self.text is not None and self.text.is_plain and campaign.template is None else None)
+        # A plain text whose written parts are all blank renders blank when its values are:
+        # such texts skip the fast path, so `_compile_item` checks every message.
+        self._may_render_blank = self.text is not None and (
+            self.text.plain_parts is None
+            or not "".join(part for part in self.text.plain_parts if isinstance(part, str)).strip())
         # `generated_correlation_id`, with the campaign's part hashed once.
         self._correlation_hash = hashlib.blake2b(f"{campaign.id}\x00".encode(), digest_size=8)
 
@@ -157,7 +162,8 @@ class Compiler:
         """
         skip = self.skip
         compile_item = self._compile_item
-        render_plain = self._plain.render_plain if self._plain is not None and self._wanted != "unicode" else None
+        render_plain = (self._plain.render_plain if self._plain is not None and self._wanted != "unicode"
+                        and not self._may_render_blank else None)
         correlation_hash = self._correlation_hash
         count = segments.count
         stats = self.stats
@@ -226,6 +232,12 @@ class Compiler:
             if count.encoding is not Encoding.GSM7:
                 recipient = recipient or _as_recipient(kept)
                 count = self._count(text, recipient)
+        if self.text is not None and not text.strip():
+            recipient = recipient or _as_recipient(kept)
+            raise CampaignError(
+                f"{recipient.origin}: error: the message for {msisdn} is empty after rendering [text-empty]",
+                hint="give this recipient the values the text needs, or change the text",
+            )
         if len(text) > vendor.MAX_TEXT_CHARS:
             recipient = recipient or _as_recipient(kept)
             raise CampaignError(
@@ -258,7 +270,7 @@ class Compiler:
                 f"{recipient.msisdn} has {char!r} (U+{ord(char):04X}), which GSM-7 cannot encode [non-gsm-character]",
                 hint=_replacement_hint(char),
             )
-        for _, char in offenders:
+        for char in dict.fromkeys(char for _, char in offenders):  # messages per character, not occurrences
             seen = self.stats.ucs2_causes.get(char)
             if seen is None:
                 self.stats.ucs2_causes[char] = (1, str(self._char_origin(char, recipient)),

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     PARTIAL = 3  # some batches failed or are uncertain
     REFUSED = 4  # apply refused: lock held, inputs changed, stale schedule
     INTERNAL = 70  # a bug in campaign-runner (EX_SOFTWARE)
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM (128 + SIGINT, as shells report it)
 
 
 class CampaignError(Exception):

@@ -162,8 +162,19 @@ def build_plan(
     )
     return Plan(summary, tuple(shown),
                 tuple(warnings) + tuple(_encoding_warnings(compiler)) + _template_note(campaign)
-                + tuple(control_character_warnings(campaign)),
+                + tuple(control_character_warnings(campaign)) + _nobody_note(campaign, summary),
                 tuple(masked))
+
+
+def _nobody_note(campaign: Campaign, summary: PlanSummary) -> tuple[Diagnostic, ...]:
+    """A campaign that sends nothing passes every check: say so, at plan and apply."""
+    if summary.messages:
+        return ()
+    location = campaign.source.locate(("recipients",), key=True)
+    why = (f"{summary.rows_read:,} recipient rows read, {summary.duplicates:,} duplicates, "
+           f"{summary.excluded:,} excluded")
+    return (Diagnostic(location, Severity.WARNING, f"this campaign sends to nobody ({why})", "no-recipients",
+                       "check the recipient files (a header-only CSV?) and the exclude lists"),)
 
 
 PERSONAL_BUILTINS = frozenset({"msisdn", "correlation_id"})

@@ -65,6 +65,34 @@ def _error(location: Location, message: str) -> CampaignError:
     return CampaignError(f"{location}: error: {message} [{ROW_RULE}]", exit_code=ExitCode.INVALID)
 
 
+class BadRows:
+    """Bad rows of one file, collected rather than stopping at the first, so a file from a
+    CRM is fixed in one pass: the first MAX_SHOWN are listed, the rest counted.
+
+    Readers `add` and skip the row; whoever drives the reading calls `check` when the file
+    is done (nothing is sent before: plan reads every row first)."""
+
+    MAX_SHOWN = 20
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+        self.total = 0
+
+    def add(self, location: Location, message: str) -> None:
+        self.total += 1
+        if len(self.shown) < self.MAX_SHOWN:
+            self.shown.append(f"{location}: error: {message} [{ROW_RULE}]")
+
+    def check(self) -> None:
+        if not self.total:
+            return
+        lines = list(self.shown)
+        if self.total > len(self.shown):
+            lines.append(f"… and {self.total - len(self.shown):,} more bad rows")
+        raise CampaignError("\n".join(lines), exit_code=ExitCode.INVALID,
+                            hint=f"{self.total:,} bad rows: fix them all, then run again")
+
+
 def _open_problem(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "file not found"
@@ -85,9 +113,15 @@ def _open(source: RecipientFile) -> IO[str]:
         raise _error(source.location, reason) from exc
 
 
+UTF16_MESSAGE = "the file is UTF-16, not UTF-8: save it as UTF-8 (in Excel: CSV UTF-8)"
+
+
 def _decode_error(source: RecipientFile, exc: UnicodeDecodeError) -> CampaignError:
     """The text layer decodes in chunks, so the failing offset says nothing about the
     line; a second, tolerant pass finds the first line holding an undecodable byte."""
+    with open(source.path, "rb") as raw:
+        if raw.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            return _error(Location(source.display_name, 1), UTF16_MESSAGE)
     with open(source.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         for number, line in enumerate(handle, 1):
             try:
@@ -104,7 +138,13 @@ def _decode_error(source: RecipientFile, exc: UnicodeDecodeError) -> CampaignErr
 def _header_problem(source: RecipientFile, header: list[str] | None) -> str | None:
     if not header:
         return "no header row: the first line must name the columns"
+    if any("\x00" in cell for cell in header):
+        return UTF16_MESSAGE  # UTF-16 without a byte-order mark reads as text with NULs
     names = [name.strip() for name in header]
+    if source.msisdn_field not in names and len(names) == 1 and ";" in names[0]:
+        if source.msisdn_field in (part.strip() for part in names[0].split(";")):
+            return ("the file is semicolon-delimited (a spreadsheet's regional setting): "
+                    "campaign-runner reads comma-separated CSV; save it with commas")
     for index, name in enumerate(names, 1):
         if not name:
             return f"header cell {index} is empty: every column needs a name"
@@ -121,11 +161,13 @@ def _header_problem(source: RecipientFile, header: list[str] | None) -> str | No
 _Row = tuple[int, str, "str | None", dict[str, Scalar]]
 
 
-def _csv_rows(source: RecipientFile, numbers_only: bool, columns: Collection[str] | None) -> Iterator[_Row]:
+def _csv_rows(source: RecipientFile, numbers_only: bool, columns: Collection[str] | None,
+              bad: BadRows) -> Iterator[_Row]:
     name = source.display_name
     handle = _open(source)
     with handle:
-        reader = csv.reader(handle)
+        # strict: a stray quote (`"Al"an"`) is a bad row, not silently repaired to `Alan"`
+        reader = csv.reader(handle, strict=True)
         try:
             try:
                 header = next(reader, None)
@@ -143,33 +185,42 @@ def _csv_rows(source: RecipientFile, numbers_only: bool, columns: Collection[str
             if columns is not None:
                 others = sorted((n, i) for n, i in others if n in columns)
             previous = reader.line_num
-            try:
-                # Only the reader raises csv.Error; nothing below it in the loop can.
-                for cells in reader:
-                    line = previous + 1  # where the row starts, even if a quoted cell spans lines
+            while True:
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # the reader goes on with the next line
+                    bad.add(Location(name, previous + 1), f"malformed CSV: {exc}")
                     previous = reader.line_num
-                    if not cells:  # a blank line is not a row
-                        continue
-                    if len(cells) != width:
-                        raise _error(
-                            Location(name, line),
-                            f"row has {len(cells)} cells but the header has {width}",
-                        )
-                    raw = cells[number_at]
-                    if not raw.strip():
-                        raise _error(Location(name, line), f"missing number in column {source.msisdn_field!r}")
-                    correlation = (cells[correlation_at] or None) if correlation_at >= 0 else None
-                    # An empty cell means "no value here", so the campaign's or source's value shows
-                    # through instead of a blank in the middle of someone's message.
-                    substitutions: dict[str, Scalar] = {}
-                    if not numbers_only:
-                        for column, at in others:  # a loop: a third faster than a comprehension
-                            value = cells[at]
-                            if value:
-                                substitutions[column] = value
-                    yield (line, raw, correlation, substitutions)
-            except csv.Error as exc:
-                raise _error(Location(name, previous + 1), f"malformed CSV: {exc}") from exc
+                    continue
+                line = previous + 1  # where the row starts, even if a quoted cell spans lines
+                previous = reader.line_num
+                if not cells:  # a blank line is not a row
+                    continue
+                if len(cells) != width:
+                    bad.add(Location(name, line), f"row has {len(cells)} cells but the header has {width}")
+                    continue
+                raw = cells[number_at]
+                if not raw.strip():
+                    bad.add(Location(name, line), f"missing number in column {source.msisdn_field!r}")
+                    continue
+                correlation = (cells[correlation_at] or None) if correlation_at >= 0 else None
+                # An empty cell means "no value here", so the campaign's or source's value shows
+                # through instead of a blank in the middle of someone's message.
+                substitutions: dict[str, Scalar] = {}
+                if not numbers_only:
+                    for column, at in others:  # a loop: a third faster than a comprehension
+                        value = cells[at]
+                        if value:
+                            if "\x00" in value:  # would reach a handset; a NUL in the number fails as a number
+                                bad.add(Location(name, line), f"NUL byte in column {column!r} (a binary file?)")
+                                break
+                            substitutions[column] = value
+                    else:
+                        yield (line, raw, correlation, substitutions)
+                    continue
+                yield (line, raw, correlation, substitutions)
         except UnicodeDecodeError as exc:
             raise _decode_error(source, exc) from exc
 
@@ -209,7 +260,8 @@ def _json_object(text: str, field: str) -> dict[str, Any] | str:
     return obj
 
 
-def _jsonl_rows(source: RecipientFile, numbers_only: bool, columns: Collection[str] | None) -> Iterator[_Row]:
+def _jsonl_rows(source: RecipientFile, numbers_only: bool, columns: Collection[str] | None,
+                bad: BadRows) -> Iterator[_Row]:
     name = source.display_name
     field = source.msisdn_field
     handle = _open(source)
@@ -220,31 +272,33 @@ def _jsonl_rows(source: RecipientFile, numbers_only: bool, columns: Collection[s
                     continue
                 obj = _json_object(text, field)
                 if isinstance(obj, str):
-                    raise _error(Location(name, line), obj)
+                    bad.add(Location(name, line), obj)
+                    continue
                 raw = obj[field]
                 if not isinstance(raw, str):
-                    raise _error(
-                        Location(name, line),
-                        f"{field!r} must be a string like \"+447700900123\", found {_describe(raw)}",
-                    )
+                    bad.add(Location(name, line),
+                            f"{field!r} must be a string like \"+447700900123\", found {_describe(raw)}")
+                    continue
                 if not raw.strip():
-                    raise _error(Location(name, line), f"missing number: {field!r} is empty")
+                    bad.add(Location(name, line), f"missing number: {field!r} is empty")
+                    continue
                 correlation = obj.get(CORRELATION_FIELD)
                 if correlation is not None and not isinstance(correlation, str):
-                    raise _error(
-                        Location(name, line),
-                        f"{CORRELATION_FIELD!r} must be a string, found {_describe(correlation)}",
-                    )
+                    bad.add(Location(name, line),
+                            f"{CORRELATION_FIELD!r} must be a string, found {_describe(correlation)}")
+                    continue
                 substitutions: dict[str, Scalar] = {}
                 if not numbers_only:
+                    wrong = [key for key, value in obj.items()
+                             if key != field and key != CORRELATION_FIELD
+                             and not isinstance(value, (str, int, float))]  # bool is an int
+                    if wrong:
+                        bad.add(Location(name, line), f"value of {wrong[0]!r} must be a string, number or boolean, "
+                                f"found {_describe(obj[wrong[0]])}")
+                        continue
                     for key, value in obj.items():
                         if key == field or key == CORRELATION_FIELD:
                             continue
-                        if not isinstance(value, (str, int, float)):  # bool is an int
-                            raise _error(
-                                Location(name, line),
-                                f"value of {key!r} must be a string, number or boolean, found {_describe(value)}",
-                            )
                         substitutions[key] = value
                 if columns is not None:  # every value is checked above, so plan and compile fail alike
                     substitutions = {key: substitutions[key] for key in sorted(substitutions) if key in columns}
@@ -254,13 +308,22 @@ def _jsonl_rows(source: RecipientFile, numbers_only: bool, columns: Collection[s
 
 
 def _file_rows(source: RecipientFile, numbers_only: bool = False,
-               columns: Collection[str] | None = None) -> Iterator[_Row]:
+               columns: Collection[str] | None = None, bad: BadRows | None = None) -> Iterator[_Row]:
     """Rows as (line, number as written, correlation id, values). `numbers_only` reads no
     values; `columns` keeps only the values named (in name order), None keeps all (in
-    file order)."""
+    file order). Bad rows are skipped and collected in `bad`, whose owner checks it when
+    the file is done; without one, the rows are checked here at the end of the file."""
+    if bad is None:
+        return _checked_rows(source, numbers_only, columns)
     if source.format == "csv":
-        return _csv_rows(source, numbers_only, columns)
-    return _jsonl_rows(source, numbers_only, columns)
+        return _csv_rows(source, numbers_only, columns, bad)
+    return _jsonl_rows(source, numbers_only, columns, bad)
+
+
+def _checked_rows(source: RecipientFile, numbers_only: bool, columns: Collection[str] | None) -> Iterator[_Row]:
+    bad = BadRows()
+    yield from _file_rows(source, numbers_only, columns, bad)
+    bad.check()
 
 
 def iter_source(source: RecipientSource) -> Iterator[Recipient]:
@@ -277,12 +340,15 @@ def iter_source(source: RecipientSource) -> Iterator[Recipient]:
         return
     shared = source.substitutions
     name = source.display_name
-    for line, raw, correlation_id, substitutions in _file_rows(source):
+    bad = BadRows()
+    for line, raw, correlation_id, substitutions in _file_rows(source, bad=bad):
         origin = Location(name, line)
         msisdn = normalise_msisdn(raw)
         if msisdn is None:
-            raise _error(origin, invalid_reason(raw))
+            bad.add(origin, invalid_reason(raw))
+            continue
         yield Recipient(msisdn, substitutions, shared, correlation_id, origin)
+    bad.check()
 
 
 def expected_rows(sources: Iterable[object]) -> int:
@@ -314,8 +380,14 @@ def load_excluded(campaign: Campaign) -> NumberSet:
     for source in campaign.exclude:
         if isinstance(source, RecipientFile):
             name = source.display_name
-            for line, raw, _, _ in _file_rows(source, numbers_only=True):
-                excluded.add(int(_e164_or_raise(raw, Location(name, line))))
+            bad = BadRows()
+            for line, raw, _, _ in _file_rows(source, numbers_only=True, bad=bad):
+                msisdn = normalise_msisdn(raw)
+                if msisdn is None:
+                    bad.add(Location(name, line), invalid_reason(raw))
+                    continue
+                excluded.add(int(msisdn))
+            bad.check()
         else:
             excluded.add(int(_e164_or_raise(source.msisdn, source.location)))
     return excluded
@@ -345,6 +417,11 @@ def kept_recipient(row: KeptRow) -> Recipient:
     return Recipient(msisdn, substitutions, shared, correlation_id, Location(name, line))
 
 
+def _same_id(correlation_id: str, first: Location) -> str:
+    return (f"correlationId {correlation_id!r} is also given to the recipient at {first}: "
+            "receipts would be matched to the wrong person")
+
+
 def iter_kept(campaign: Campaign, stats: RecipientStats | None = None,
               columns: Collection[str] | None = None) -> Iterator[Recipient | KeptRow]:
     """`iter_recipients`, with file rows left as `KeptRow` tuples (see `kept_recipient`).
@@ -371,27 +448,44 @@ def iter_kept(campaign: Campaign, stats: RecipientStats | None = None,
         dropped.duplicates += 1
         return False
 
+    # Correlation ids given in the files or inline, and where: receipts are matched on them,
+    # so one id on two recipients would credit one person's receipts to the other. Only
+    # given ids are kept (generated ones are unique by construction).
+    given_ids: dict[str, Location] = {}
     try:
         for source in campaign.recipients:
             if isinstance(source, InlineRecipient):
                 for recipient in iter_source(source):
                     if admit(recipient.msisdn):
+                        given = recipient.correlation_id
+                        if given is not None:
+                            if given in given_ids:
+                                raise _error(recipient.origin, _same_id(given, given_ids[given]))
+                            given_ids[given] = recipient.origin
                         yield recipient
                 continue
             # `iter_source` inlined for files (the hot loop).
             shared = source.substitutions
             name = source.display_name
-            for line, raw, correlation_id, substitutions in _file_rows(source, columns=columns):
+            bad = BadRows()
+            for line, raw, correlation_id, substitutions in _file_rows(source, columns=columns, bad=bad):
                 msisdn = normalise_msisdn(raw)
                 if msisdn is None:
-                    raise _error(Location(name, line), invalid_reason(raw))
+                    bad.add(Location(name, line), invalid_reason(raw))
+                    continue
                 key = int(msisdn)  # `admit`, inlined
                 if (not any_excluded or key not in excluded) and first_sighting(key):
+                    if correlation_id is not None:
+                        if correlation_id in given_ids:
+                            bad.add(Location(name, line), _same_id(correlation_id, given_ids[correlation_id]))
+                            continue
+                        given_ids[correlation_id] = Location(name, line)
                     yield (msisdn, substitutions, shared, correlation_id, name, line)
                 elif any_excluded and key in excluded:
                     dropped.excluded += 1
                 else:
                     dropped.duplicates += 1
+            bad.check()
     finally:
         accepted = len(seen)  # every admitted number was a first sighting
         counts.accepted += accepted
@@ -428,6 +522,8 @@ def peek_source(source: RecipientFile) -> tuple[str | None, frozenset[str] | Non
             complete = len(head) < _PEEK_BYTES
     except OSError as exc:
         return f"cannot read {source.path}: {_open_problem(exc)}", None
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return UTF16_MESSAGE, None
     head = head.removeprefix(codecs.BOM_UTF8)
     # Cut at the last line break so a multi-byte character split by the read limit
     # is not reported as bad encoding.

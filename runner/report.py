@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from .validate import ValidationResult
 
 
+# Bumped when a key of `campaign status --format json` changes meaning or goes away.
+STATUS_JSON_FORMAT_VERSION = 1
+
+
 class Reporter:
     """Base: a format that does not support a result says so instead of printing nonsense."""
 
@@ -109,10 +113,17 @@ class TextReporter(Reporter):
     def apply(self, result: ApplyResult) -> None:
         r = result
         verdict = "interrupted" if r.interrupted else "sent"
+        if r.auth_failure is not None:
+            self.write(f"stopped: authentication failed: {r.auth_failure}")
+            self.write("  the vendor refused the credentials, so nothing more was sent; fix WEBEX_CONNECT_SERVICE_KEY "
+                       "or WEBEX_CONNECT_JWT (or their *_FILE variants; a key belongs to one tenant and region) "
+                       "and run apply again: what was not sent is still pending")
+            verdict = "stopped"
         if r.accepted or not r.already_accepted:
+            rate = (f"{r.destinations_per_second:,.1f}/s over {r.send_seconds:.1f} s of sending, "
+                    if r.accepted else "")
             self.write(f"{verdict}: {_n(r.accepted_destinations, 'destination')} accepted in "
-                       f"{_n(r.accepted, 'request')} ({r.destinations_per_second:,.1f}/s over "
-                       f"{r.elapsed_seconds:.1f} s, {_n(r.attempts, 'attempt')})")
+                       f"{_n(r.accepted, 'request')} ({rate}{_n(r.attempts, 'attempt')})")
         if r.already_accepted:
             self.write(f"skipped: {_n(r.already_accepted, 'request')} already accepted by an earlier run")
         if r.failed:
@@ -165,6 +176,7 @@ class JsonReporter(Reporter):
 
     def status(self, result: LedgerSummary) -> None:
         self._dump({
+            "format_version": STATUS_JSON_FORMAT_VERSION,
             "campaignId": result.campaign_id,
             "inputHash": result.input_hash,
             "batches": dict(result.batches),

@@ -43,10 +43,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from runner import vendor
-from runner.sandbox_checks import Plan, Reject, invalid, meaning, parse_json, validate_v1, validate_v2
-from runner.segments import count as count_segments
-from runner.vendor import (
+from runner import sandbox_reference as vendor  # the sandbox's own copy of the reference, never runner.vendor
+from runner.model import Encoding
+from runner.sandbox_checks import (
+    LINK,
+    Plan,
+    Reject,
+    check_content_type,
+    invalid,
+    meaning,
+    parse_json,
+    validate_v1,
+    validate_v2,
+)
+from runner.sandbox_reference import (
+    RECEIPT_CLICKED,
     AUTH_FAILED,
     INTERNAL_ERROR,
     INVALID_JSON,
@@ -97,6 +108,17 @@ class SandboxSettings:
     receipt_delay: float = 0.0
     # sent as `Authorization: Bearer ...` with each receipt, as a receiver behind a token needs
     receipts_token: str | None = field(default=None, repr=False)
+    # Tests of what the vendor's deduplication saves us from: every request is stored,
+    # a repeated Idempotency-Key included, as if the vendor did not deduplicate.
+    ignore_idempotency: bool = False
+    # Accept, store, then close the connection unanswered, for chosen requests: by their
+    # 1-based number among message requests, or by Idempotency-Key (its first acceptance
+    # only; a resend with the same key is replayed and answered).
+    drop_requests: frozenset[int] = frozenset()
+    drop_keys: frozenset[str] = frozenset()
+    # The vendor's "now" for schedule checks (sendAt, expireAt); None = the real clock. A
+    # rehearsal under CAMPAIGN_NOW passes its pinned time, so a dated example stays sendable.
+    now: datetime | None = None
 
     def __post_init__(self) -> None:
         """Refuse at construction, not on first request: a rehearsal that is silently
@@ -187,6 +209,9 @@ def _jwt_valid(token: str, secret: bytes | None) -> bool:
 def _receipt(message: StoredMessage, code: str, callback_data: str) -> dict[str, Any]:
     status = vendor.RECEIPT_STATUS_BY_CODE[code]
     info: dict[str, Any] = {"timeStamp": _now_iso(), "Description": status, "code": code}
+    if code == RECEIPT_CLICKED:  # "<clicked long URL>|<client IP>"
+        link = LINK.search(message.text)
+        info["Description"] = f"{link.group() if link else ''}|127.0.0.1"
     if code == RECEIPT_DELIVERED:  # the vendor sends messageCount only on Delivered/Failed
         info["messageCount"] = str(message.segments)
     info.update({"deliveryChannel": "SMS", "additionalInfo": "", "destination": message.msisdn.lstrip("+"),
@@ -206,6 +231,7 @@ class _Request:
     authorization: str
     idempotency_key: str | None
     arrived: float = 0.0  # time.monotonic() when the request's headers were in: the TPS window counts arrivals
+    content_type: str | None = None  # the Content-Type header: the vendor reads only JSON
 
 
 # --- the sandbox -----------------------------------------------------------------------
@@ -335,8 +361,9 @@ class Sandbox:
     def _send(self, api: str, request: _Request) -> _Answer:
         with self._lock:
             self._counts["requests"] += 1
+            number = self._counts["requests"]
         try:
-            return self._accept(api, request)
+            return self._accept(api, request, number)
         except Reject as reject:
             with self._lock:
                 self._counts["rejected"] += 1
@@ -369,10 +396,11 @@ class Sandbox:
         raise Reject(403, failure, V1_AUTH_FAILED_MESSAGE if failure == AUTH_FAILED
                       else vendor.ERROR_MEANINGS[KEY_MISSING])
 
-    def _accept(self, api: str, request: _Request) -> _Answer:
+    def _accept(self, api: str, request: _Request, number: int = 0) -> _Answer:
         self._authenticate(api, request.key, request.authorization)
         if request.body_error is not None:
             raise request.body_error
+        check_content_type(request.content_type)
         body = parse_json(request.body)
         key = request.idempotency_key
         if key is not None and not 0 < len(key) <= vendor.IDEMPOTENCY_KEY_MAX:
@@ -382,16 +410,19 @@ class Sandbox:
         settings = self.settings
         limit = min(vendor.MAX_DESTINATIONS_PER_REQUEST, settings.tps or vendor.MAX_DESTINATIONS_PER_REQUEST)
         with self._lock:
-            if key is not None:
+            if key is not None and not settings.ignore_idempotency:
                 replay = self._replay(key, fingerprint)
                 if replay is not None:
                     return replay
-            plan = validate_v2(body, self._templates, limit) if api == "v2" else validate_v1(body)
+            now = settings.now
+            plan = validate_v2(body, self._templates, limit, now) if api == "v2" else validate_v1(body, now)
             self._check_rate(len(plan.destinations), request.arrived or time.monotonic())
             roll = self._rng.random()
             if roll < settings.fail_rate:
                 raise meaning(500, INTERNAL_ERROR)
-            return self._store(api, plan, key, fingerprint, drop=roll < settings.fail_rate + settings.drop_rate,
+            chosen = number in settings.drop_requests or (key is not None and key in settings.drop_keys)
+            return self._store(api, plan, key, fingerprint,
+                               drop=chosen or roll < settings.fail_rate + settings.drop_rate,
                                arrived=request.arrived or time.monotonic())
 
     def _replay(self, key: str, fingerprint: str) -> _Answer | None:
@@ -432,7 +463,8 @@ class Sandbox:
         message_id, stamp, accepted_at = str(uuid.uuid4()), _now_iso(), time.time()
         arrived_at = accepted_at - (time.monotonic() - arrived)
         stored = [StoredMessage(message_id, msisdn, correlation, text, api, key,
-                                count_segments(text, plan.encoding).segments, accepted_at, arrived_at)
+                                vendor.segments(text, unicode=plan.encoding is Encoding.UCS2), accepted_at,
+                                arrived_at)
                   for msisdn, correlation, text in plan.destinations]
         self._messages.extend(stored)
         if api == "v2":
@@ -443,7 +475,7 @@ class Sandbox:
             answer = _Answer(vendor.V1_SUCCESS_STATUS, {"acceptedTime": stamp, "messageId": message_id,
                                                         "correlationId": plan.correlation_id})
         bisect.insort(self._window, (arrived, len(stored)))
-        if key is not None:
+        if key is not None and not self.settings.ignore_idempotency:
             self._seen[key] = (time.monotonic() + vendor.IDEMPOTENCY_WINDOW_SECONDS, fingerprint, answer)
         self._counts["accepted_requests"] += 1
         self._counts["accepted_messages"] += len(stored)
@@ -459,6 +491,8 @@ class Sandbox:
         due = time.monotonic() + self.settings.receipt_delay
         for message in stored:
             for code in plan.receipt_codes:
+                if code == RECEIPT_CLICKED and not LINK.search(message.text):
+                    continue  # nothing to click
                 if local:
                     self._receipts.put((due, url, functools.partial(_receipt, message, code, plan.callback_data)))
                 else:  # never touch the network on behalf of a rehearsal
@@ -554,7 +588,8 @@ class _Handler(BaseHTTPRequestHandler):
             request = _Request(self.command, urlsplit(self.path).path, body, body_error,
                                (self.headers.get(vendor.SERVICE_KEY_HEADER) or "").strip(),
                                (self.headers.get(vendor.JWT_HEADER) or "").strip(),
-                               self.headers.get(vendor.IDEMPOTENCY_HEADER), arrived)
+                               self.headers.get(vendor.IDEMPOTENCY_HEADER), arrived,
+                               self.headers.get("Content-Type"))
             answer = sandbox._route(request)
         except Exception:  # a sandbox bug answers 500, it never kills the server
             answer = _refused(meaning(500, INTERNAL_ERROR))

@@ -48,6 +48,10 @@ class SendPolicy:
     resend_uncertain: bool = False
 
 
+# Bumped when a key of `campaign apply --format json` changes meaning or goes away.
+APPLY_JSON_FORMAT_VERSION = 1
+
+
 @dataclass(frozen=True)
 class BatchFailure:
     batch_key: str
@@ -71,21 +75,31 @@ class ApplyResult:
     uncertain_destinations: int = 0
     attempts: int = 0
     elapsed_seconds: float = 0.0
+    # The send phase: from the first request's departure to the end of the last one's slot
+    # in the pacing schedule (a batch of n occupies n/tps of a window). Rates are measured
+    # over it, so one quick batch does not read as thousands a second.
+    send_seconds: float = 0.0
     interrupted: bool = False
+    auth_failure: str | None = None  # the vendor refused the credentials: the run stopped
     failures: list[BatchFailure] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.failed or self.uncertain or self.interrupted:
+        if self.auth_failure is not None:
+            return ExitCode.USAGE
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        if self.failed or self.uncertain:
             return ExitCode.PARTIAL
         return ExitCode.OK
 
     @property
     def destinations_per_second(self) -> float:
-        return self.accepted_destinations / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+        return self.accepted_destinations / self.send_seconds if self.send_seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format_version": APPLY_JSON_FORMAT_VERSION,
             "campaignId": self.campaign_id,
             "plannedBatches": self.planned_batches,
             "plannedDestinations": self.planned_destinations,
@@ -98,8 +112,10 @@ class ApplyResult:
             "uncertainDestinations": self.uncertain_destinations,
             "attempts": self.attempts,
             "elapsedSeconds": round(self.elapsed_seconds, 3),
+            "sendSeconds": round(self.send_seconds, 3),
             "destinationsPerSecond": round(self.destinations_per_second, 1),
             "interrupted": self.interrupted,
+            "authFailure": self.auth_failure,
             "exitCode": int(self.exit_code),
             "failures": [
                 {"batchKey": f.batch_key, "destinations": f.destinations, "httpStatus": f.http_status,
@@ -223,7 +239,10 @@ def backoff_delay(attempt: int, policy: SendPolicy, retry_after: float | None, r
 class Applier:
     def __init__(self, campaign: Campaign, *, ledger: Ledger, sender: Sender, api: Api, policy: SendPolicy,
                  run_id: str, on_progress: Callable[[int], None] | None = None, seed: int | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        """`clock` and `sleep` pace sending and back off between attempts: the real ones, or a
+        test's virtual clock, so pacing and retry tests never wait on (or race) the wall clock."""
         self.campaign = campaign
         self.ledger = ledger
         self.sender = sender
@@ -232,12 +251,15 @@ class Applier:
         self.run_id = run_id
         self.on_progress = on_progress or (lambda n: None)
         self.log = log
-        self.limiter = RateLimiter(campaign.tps)
+        self.limiter = RateLimiter(campaign.tps, clock=clock, sleep=sleep or time.sleep)
+        self.sleep = sleep
         self.stop = threading.Event()
         self.rng = random.Random(seed)
         self.rng_lock = threading.Lock()
         self.result_lock = threading.Lock()
         self.result = ApplyResult(campaign.id)
+        self.first_departure: float | None = None
+        self.last_slot_end = 0.0
 
     def run(self, batches: Iterator[Batch]) -> ApplyResult:
         with self._stop_on_signals():
@@ -299,6 +321,8 @@ class Applier:
                 if future.done() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
             self.result.elapsed_seconds = time.monotonic() - started
+            if self.first_departure is not None:
+                self.result.send_seconds = self.last_slot_end - self.first_departure
         self._count_held_uncertain()
         return self.result
 
@@ -345,6 +369,7 @@ class Applier:
             with self.result_lock:
                 self.result.attempts += 1
             self.limiter.touch(reservation)  # the window counts from the departure, not the fsync
+            self._note_departure(reservation)
             answer = self.sender.send(batch)
             if self.log is not None:
                 self.log(f"batch {batch.key} attempt {attempt}: {answer.outcome.value}"
@@ -356,6 +381,9 @@ class Applier:
                     self.result.accepted_destinations += len(batch.destinations)
                 self.on_progress(len(batch.destinations))
                 return
+            if answer.auth_failed:
+                self._stop_for_auth(answer)
+                break
             if answer.outcome is Outcome.REJECTED:
                 break
             if answer.outcome is Outcome.UNCERTAIN and not self.policy.resend_uncertain:
@@ -366,7 +394,7 @@ class Applier:
                 delay = backoff_delay(attempt, self.policy, answer.retry_after, self.rng)
             if answer.retry_after is not None or answer.http_status == 429:
                 self.limiter.pause(delay)
-            if self.stop.wait(delay):
+            if self._back_off(delay):
                 break
         assert answer is not None
         if answer.outcome is Outcome.UNCERTAIN:
@@ -380,6 +408,28 @@ class Applier:
             self.result.failed += 1
             self.result.failed_destinations += len(batch.destinations)
             self._record_failure(batch, answer)
+
+    def _back_off(self, delay: float) -> bool:
+        """Wait `delay` seconds before the next attempt; True when the run is stopping."""
+        if self.sleep is None:
+            return self.stop.wait(delay)
+        self.sleep(delay)
+        return self.stop.is_set()
+
+    def _note_departure(self, reservation: list[float]) -> None:
+        departure, count = reservation[0], reservation[1]
+        with self.result_lock:
+            if self.first_departure is None or departure < self.first_departure:
+                self.first_departure = departure
+            self.last_slot_end = max(self.last_slot_end, departure + count * self.limiter.window / self.limiter.rate)
+
+    def _stop_for_auth(self, answer: Answer) -> None:
+        """A refused key or JWT is refused for every batch: stop at the first such answer
+        instead of trying them all (what is left stays pending for the next run)."""
+        self.stop.set()
+        with self.result_lock:
+            if self.result.auth_failure is None:
+                self.result.auth_failure = answer.message
 
     def _record_failure(self, batch: Batch, answer: Answer) -> None:
         if len(self.result.failures) < 100:

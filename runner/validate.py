@@ -7,11 +7,12 @@ A file that passes becomes a typed `Campaign` for the later stages.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
 from importlib import resources
@@ -47,6 +48,7 @@ from .msisdn import invalid_reason, normalise_msisdn
 from .recipients import check_source_readable, source_columns
 from .render import BUILTIN_VARIABLES, compile_text
 from .safe_text import control_characters
+from .segments import gsm7_replacement, non_gsm7
 
 DEFAULT_TPS = 10
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
@@ -166,12 +168,62 @@ def _check(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
     yield from secrets
     flagged = {d.location for d in secrets}
     # A credential key is also an unknown key; one message about it is enough.
-    schema_errors = [d for d in _schema_checks(doc) if d.location not in flagged]
+    errors = list(_validator().iter_errors(doc.data))
+    schema_errors = [d for error in errors for cause in _causes(error) for d in _schema_diagnostics(doc, cause)
+                     if d.location not in flagged]
     yield from schema_errors
-    if schema_errors:
-        return  # rules below assume the shape is right
-    yield from _rule_checks(doc, now)
     yield from _control_checks(doc, doc.data, ())
+    if not errors:
+        yield from _rule_checks(doc, now)
+        return
+    # Every problem at once: the rules still run, over the document without the values the
+    # schema refused (so nothing is reported twice), each group on its own. A group whose
+    # input is missing or misshapen is skipped: the schema error already says why.
+    shaped = replace(doc, data=_without(doc.data, errors))
+    # "contnet:" is an unknown key, and then content looks missing: say it once
+    misspelt_top_level = any(e.validator == "additionalProperties" and not e.absolute_path for e in errors)
+    for group in _rule_groups(shaped, now):
+        found: list[Diagnostic] = []
+        try:
+            for diagnostic in group():
+                found.append(diagnostic)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+            pass  # what the group found before its input ran out still counts
+        yield from (d for d in found if not (misspelt_top_level and d.rule == "content-xor-template"
+                                             and "required" in d.message))
+
+
+def _without(data: Any, errors: list[ValidationError]) -> Any:
+    """A copy of `data` with every value a schema error points at removed (dict keys) or
+    set to None (list items, so later indices and their locations stay right)."""
+    pruned = copy.deepcopy(data)
+    for error in errors:
+        path = list(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set((error.schema.get("properties") or {}) if isinstance(error.schema, dict) else ())
+            parent = _walk(pruned, path)
+            if isinstance(parent, dict):
+                for extra in [k for k in parent if k not in allowed]:
+                    del parent[extra]
+            continue
+        if error.validator == "required" or not path:
+            continue
+        parent = _walk(pruned, path[:-1])
+        last = path[-1]
+        if isinstance(parent, dict):
+            parent.pop(last, None)
+        elif isinstance(parent, list) and isinstance(last, int) and last < len(parent):
+            parent[last] = None
+    return pruned
+
+
+def _walk(data: Any, path: list[Any]) -> Any:
+    for step in path:
+        try:
+            data = data[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 def _exact_text_error(doc: SourceDocument, path: JsonPath, text: str, first: CampaignError) -> CampaignError | None:
@@ -311,11 +363,34 @@ def _yaml_trap(doc: SourceDocument, path: JsonPath, value: Any) -> Diagnostic:
 
 
 def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
+    for group in _rule_groups(doc, now):
+        yield from group()
+
+
+def _rule_groups(doc: SourceDocument, now: datetime) -> list[Callable[[], Iterator[Diagnostic]]]:
+    """The rules in independent groups (the smartlink group reads what the text group found)."""
     data: dict[str, Any] = doc.data
+    used_smartlinks: set[str] = set()
+    return [
+        lambda: _sender_checks(doc, data),
+        lambda: _text_checks(doc, data, used_smartlinks),
+        lambda: _callback_checks(doc, data),
+        lambda: _schedule_checks(doc, data, now),
+        lambda: _option_checks(doc, data),
+        lambda: _smartlink_checks(doc, data, used_smartlinks),
+        lambda: _recipient_checks(doc, data),
+        lambda: _tps_checks(doc, data),
+    ]
+
+
+def _sender_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagnostic]:
     sender = data["from"]
     if sender.startswith("+"):
         yield _diag(doc, ("from",), "'from' must not start with '+' (long codes are written with country code, no '+')",
                     "from-no-plus", hint=f'write "{sender.lstrip("+")}"')
+
+
+def _text_checks(doc: SourceDocument, data: dict[str, Any], used_smartlinks: set[str]) -> Iterator[Diagnostic]:
     has_content, has_template = "content" in data, "template" in data
     if has_content == has_template:
         message = "use either 'content' or 'template', not both" if has_content else "one of 'content' or 'template' is required"
@@ -325,8 +400,18 @@ def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
         texts.append((("content", "text"), data["content"]["text"]))
     if has_template and "preview" in data["template"]:
         texts.append((("template", "preview"), data["template"]["preview"]))
-    used_smartlinks: set[str] = set()
     for path, text in texts:
+        if not text.strip():
+            yield _diag(doc, path, "the text is empty: every message would be blank", "text-empty",
+                        hint="write the message text")
+            continue
+        if path == ("content", "text") and data["content"].get("type") == "text":
+            offenders = non_gsm7(text)
+            if offenders:
+                index, char = offenders[0]
+                yield _diag(doc, path, f"content type is text but the text has {char!r} (U+{ord(char):04X}, "
+                            f"character {index + 1}), which GSM-7 cannot encode", "non-gsm-character",
+                            hint=_gsm7_hint(char))
         if len(text) > vendor.MAX_TEXT_CHARS:
             yield _diag(doc, path, f"text is {len(text)} characters; the API takes at most {vendor.MAX_TEXT_CHARS}",
                         "text-length")
@@ -343,13 +428,21 @@ def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
         used_smartlinks |= compiled.smartlink_ids
         if path == ("content", "text"):
             yield from _variable_checks(doc, data, compiled.variables)
+
+
+def _gsm7_hint(char: str) -> str:
+    fix = gsm7_replacement(char)
+    return (f"replace it with {fix!r}, or set content.type to unicode or auto" if fix
+            else "set content.type to unicode or auto")
+
+
+def _callback_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagnostic]:
     if len(data.get("callbackData", "")) > vendor.MAX_CALLBACK_DATA_CHARS:
         yield _diag(doc, ("callbackData",), f"callbackData is {len(data['callbackData'])} characters; at most "
                     f"{vendor.MAX_CALLBACK_DATA_CHARS}", "callback-data-length")
-    yield from _schedule_checks(doc, data, now)
-    yield from _option_checks(doc, data)
-    yield from _smartlink_checks(doc, data, used_smartlinks)
-    yield from _recipient_checks(doc, data)
+
+
+def _tps_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagnostic]:
     tps = data.get("throughput", {}).get("tps")
     if tps is not None and not 1 <= tps <= vendor.MAX_TPS:
         yield _diag(doc, ("throughput", "tps"), f"tps must be between 1 and {vendor.MAX_TPS}, got {tps}", "tps-range")

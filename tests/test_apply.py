@@ -364,7 +364,7 @@ def test_a_rejected_batch_does_not_stop_the_others(tmp_path: Path, sandbox_facto
 # --- 3. authentication failure -------------------------------------------------------
 
 
-def test_wrong_key_fails_every_batch_with_401_and_never_shows_the_key(
+def test_wrong_key_stops_at_the_first_401_and_never_shows_the_key(
     tmp_path: Path, sandbox_factory: Callable[..., Sandbox]
 ) -> None:
     wrong = "wrong-key-Zx81Qv"
@@ -372,12 +372,14 @@ def test_wrong_key_fails_every_batch_with_401_and_never_shows_the_key(
     path, _ = csv_campaign(tmp_path, 25, tps=10)
     state = tmp_path / "state.db"
 
-    run = apply(path, sandbox.url, state, environ={"WEBEX_CONNECT_SERVICE_KEY": wrong}, verbose=True)
+    run = apply(path, sandbox.url, state, environ={"WEBEX_CONNECT_SERVICE_KEY": wrong}, verbose=True,
+                max_in_flight=1)
 
-    assert run.code == int(ExitCode.PARTIAL)
+    assert run.code == int(ExitCode.USAGE)
     summary, records = ledger_state(state)
-    assert len(records) == 3
-    assert all(r.status == "failed" and r.http_status == 401 and r.attempts == 1 for r in records)
+    failed = [r for r in records if r.status == "failed"]
+    assert len(failed) == 1 and failed[0].http_status == 401 and failed[0].attempts == 1
+    assert all(r.status == "pending" for r in records if r not in failed)
     assert sandbox.messages() == []
     assert "401" in run.out
     shown = status(path, state).out
@@ -815,7 +817,7 @@ def test_secrets_never_reach_output_or_the_state_file(
     for extra in ((), ("--format", "json")):
         done = cli("apply", "--yes", "--verbose", "--base-url", sandbox.url, "--state", str(state), *extra, str(path),
                    env=env)
-        assert done.returncode == (int(ExitCode.PARTIAL) if wrong else 0), done.stderr
+        assert done.returncode == (int(ExitCode.USAGE) if wrong else 0), done.stderr
         outputs += [done.stdout, done.stderr]
     assert "attempt 1" in outputs[1]  # --verbose did log
     for output_format in ("text", "json"):
@@ -873,7 +875,7 @@ def test_interactive_no_sends_nothing(tmp_path: Path, sandbox: Sandbox) -> None:
                       confirm=lambda question: asked.append(question) or False)
     code = run_apply(ApplySettings(file=path, base_url=sandbox.url, state=tmp_path / "state.db", quiet=True),
                      now=datetime.now(timezone.utc), console=console)
-    assert code == ExitCode.OK
+    assert code == ExitCode.REFUSED
     assert asked and "5 messages" in asked[0]
     assert "nothing sent" in err.getvalue()
     assert sandbox.stats()["requests"] == 0

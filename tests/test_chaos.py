@@ -1,19 +1,19 @@
-"""kill -9 at random moments: exactly once must survive it.
+"""kill -9 in the middle of sending: exactly once must survive it.
 
 One sandbox per test process (answers take 40 ms and eight requests are on the wire at
-a time, so there really are requests in flight when the signal lands); for each seed a
-real `campaign apply` subprocess gets SIGKILL after a seeded random delay, anywhere from
-interpreter start-up to after the last answer, and is then re-run:
+a time, so there really are requests in flight when the signal lands). For each seed a
+real `campaign apply` subprocess is signalled once the sandbox has stored a seeded number
+of its messages (between 30 and 450 of 600): every signal lands mid-send, never during
+start-up or after the last answer, and the test checks that it did. Then:
 
-* with `--resend-uncertain` until it exits 0: every recipient is stored exactly once
-  (the batches left in flight are resent with their Idempotency-Key, and the sandbox
-  replays the answer instead of storing them twice), none is lost;
-* without it: the re-run exits 0 or 3; with 3, only destinations of batches reported
-  `uncertain` may be missing, nothing is stored twice, and `status` says so; resending
-  them afterwards completes the campaign, still once each.
-
-SIGINT (Ctrl-C) and SIGTERM (a cancelled pipeline) are also sent at random moments: they
-wait for answers on the wire, so a plain re-run completes the campaign, nothing uncertain.
+* kill -9, then one re-run with `--resend-uncertain`: exit 0, every recipient stored
+  exactly once (the batches left in flight are resent with their Idempotency-Key, and the
+  sandbox replays the answer instead of storing them twice);
+* kill -9, then a plain re-run: exit 3, the batches that were in flight are `uncertain`,
+  only their destinations may be missing, nothing is stored twice, and `status` says so;
+  resending them afterwards completes the campaign, still once each;
+* SIGINT (Ctrl-C) or SIGTERM (a cancelled pipeline): exit 130 after the answers on the
+  wire are recorded, so a plain re-run completes the campaign, nothing uncertain.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,8 +46,8 @@ RECIPIENTS = 600
 GROUPS = 200  # distinct texts: 200 requests of 3 destinations, 8 in flight at a time
 TPS = 2000  # high: latency and --max-in-flight pace it, so requests are always in flight
 LATENCY = 0.04
-KILL_WINDOW = (0.1, 1.8)  # seconds after start: start-up, plan, ledger set-up, sending, done
-MAX_RERUNS = 5
+SIGNAL_AFTER_MESSAGES = (30, 450)  # stored by the sandbox before the signal: mid-send, seeded
+POLL_SECONDS = 0.005
 TIMEOUT = 60
 
 
@@ -86,30 +87,39 @@ def apply_args(sandbox: Sandbox, state: Path, path: Path, *extra: str) -> list[s
 
 @dataclass(frozen=True)
 class Ending:
-    delay: float
-    signalled: bool
+    after_messages: int  # the sandbox had stored this many of the run's messages when the signal went
     returncode: int
 
     def __str__(self) -> str:
-        if self.signalled:
-            return f"signalled at {self.delay:.2f} s (exit {self.returncode})"
-        return f"finished (exit {self.returncode}) before the signal at {self.delay:.2f} s"
+        return f"signalled after {self.after_messages} stored messages (exit {self.returncode})"
 
 
-def signalled_run(sandbox: Sandbox, state: Path, path: Path, seed: int, log: Path,
-                  signum: signal.Signals = signal.SIGKILL) -> Ending:
-    """Start apply and send it `signum` after a seeded random delay."""
-    delay = random.Random(seed).uniform(*KILL_WINDOW)
+def signalled_mid_send(sandbox: Sandbox, state: Path, path: Path, seed: int, log: Path,
+                       signum: signal.Signals = signal.SIGKILL) -> Ending:
+    """Start apply; once the sandbox has stored a seeded number of its messages, send `signum`.
+
+    Fails if the run ends first (the signal would not land mid-send) or if the signal went
+    after everything was stored."""
+    threshold = random.Random(seed).randint(*SIGNAL_AFTER_MESSAGES)
+    before = sandbox.stats()["accepted_messages"]
+    deadline = time.monotonic() + TIMEOUT
     with log.open("wb") as sink:
         process = subprocess.Popen(apply_args(sandbox, state, path), env=environment(), stdin=subprocess.DEVNULL,
                                    stdout=sink, stderr=sink)
         try:
-            process.wait(timeout=delay)
-            return Ending(delay, False, process.returncode)
-        except subprocess.TimeoutExpired:
+            while (stored_now := sandbox.stats()["accepted_messages"] - before) < threshold:
+                assert process.poll() is None, f"apply ended (exit {process.returncode}) before {threshold} " \
+                                               f"messages were stored: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, "apply never reached the signal point"
+                time.sleep(POLL_SECONDS)
             process.send_signal(signum)
             process.wait(timeout=TIMEOUT)
-            return Ending(delay, True, process.returncode)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert stored_now < RECIPIENTS, f"the signal came after all {RECIPIENTS} messages were stored"
+    return Ending(stored_now, process.returncode)
 
 
 def rerun(sandbox: Sandbox, state: Path, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -130,17 +140,12 @@ def test_kill_9_then_resend_uncertain_sends_everyone_exactly_once(
     campaign_id = f"chaos-resend-{seed}"
     path, numbers = chaos_campaign(tmp_path, campaign_id, first=10_000 + seed * 1_000)
     state = tmp_path / "state.db"
-    how = signalled_run(sandbox, state, path, seed, tmp_path / "killed.log")
-    assert how.signalled or how.returncode == 0, f"{how}: {(tmp_path / 'killed.log').read_text()[-2000:]}"
+    how = signalled_mid_send(sandbox, state, path, seed, tmp_path / "killed.log")
+    assert how.returncode == -signal.SIGKILL, how
 
-    runs = []
-    for _ in range(MAX_RERUNS):
-        done = rerun(sandbox, state, path, "--resend-uncertain")
-        runs.append(done.returncode)
-        assert done.returncode in (0, 3), f"{how}; re-runs {runs}: {done.stderr}"
-        if done.returncode == 0:
-            break
-    assert runs[-1] == 0, f"{how}; re-runs {runs}"
+    done = rerun(sandbox, state, path, "--resend-uncertain")
+    assert done.returncode == 0, f"{how}: {done.stdout} {done.stderr}"
+    assert "in flight when an earlier run died: now uncertain" in done.stderr, how
 
     seen = stored(sandbox, numbers)
     twice = sorted(m for m, n in seen.items() if n > 1)
@@ -164,9 +169,13 @@ def test_ctrl_c_or_sigterm_at_a_random_moment_leaves_nothing_uncertain(
     first = 100_000 + (seed + 10 * (signum == signal.SIGTERM)) * 1_000
     path, numbers = chaos_campaign(tmp_path, campaign_id, first=first)
     state = tmp_path / "state.db"
-    how = signalled_run(sandbox, state, path, 2_000 + seed * 7 + signum, tmp_path / "interrupted.log", signum)
-    # 130: interrupted before sending; 3: stopped while sending; -signum: before Python's handlers existed
-    assert how.returncode in (0, 3, 130, -signum), f"{how}: {(tmp_path / 'interrupted.log').read_text()[-2000:]}"
+    how = signalled_mid_send(sandbox, state, path, 2_000 + seed * 7 + signum, tmp_path / "interrupted.log", signum)
+    # mid-send, the handler stops dispatching, records the answers on the wire, prints the summary, exits 130
+    assert how.returncode == 130, f"{how}: {(tmp_path / 'interrupted.log').read_text()[-2000:]}"
+    assert "interrupted:" in (tmp_path / "interrupted.log").read_text()
+    with Ledger.open(state) as ledger:
+        summary = ledger.summary(campaign_id)
+    assert summary.batches["in-flight"] == summary.batches["uncertain"] == 0, how
 
     done = rerun(sandbox, state, path)
     assert done.returncode == 0, f"{how}: {done.stdout} {done.stderr}"
@@ -179,11 +188,12 @@ def test_kill_9_then_plain_rerun_holds_only_uncertain_batches(tmp_path: Path, sa
     campaign_id = f"chaos-plain-{seed}"
     path, numbers = chaos_campaign(tmp_path, campaign_id, first=40_000 + seed * 1_000)
     state = tmp_path / "state.db"
-    how = signalled_run(sandbox, state, path, 1_000 + seed, tmp_path / "killed.log")
-    assert how.signalled or how.returncode == 0, f"{how}: {(tmp_path / 'killed.log').read_text()[-2000:]}"
+    how = signalled_mid_send(sandbox, state, path, 1_000 + seed, tmp_path / "killed.log")
+    assert how.returncode == -signal.SIGKILL, how
 
     done = rerun(sandbox, state, path)
-    assert done.returncode in (0, 3), f"{how}: {done.stderr}"
+    # eight requests are on the wire at any moment of sending: some batches were in flight
+    assert done.returncode == 3, f"{how}: {done.stdout} {done.stderr}"
     seen = stored(sandbox, numbers)
     twice = sorted(m for m, n in seen.items() if n > 1)
     assert not twice, f"{how}: {len(twice)} stored twice, e.g. {twice[:3]}"
@@ -193,21 +203,18 @@ def test_kill_9_then_plain_rerun_holds_only_uncertain_batches(tmp_path: Path, sa
         accepted = ledger.accepted_msisdns(campaign_id)
     missing = set(numbers) - set(seen)
 
-    if done.returncode == 0:
-        assert not uncertain and not missing, how
-        assert accepted == set(numbers), how
-    else:
-        assert uncertain, f"{how}: exit 3 with nothing uncertain: {done.stdout}"
-        assert "uncertain" in done.stdout
-        assert missing <= uncertain, f"{how}: lost without being reported: {sorted(missing - uncertain)[:3]}"
-        assert accepted | uncertain == set(numbers) and not accepted & uncertain, how
-        shown = subprocess.run([*campaign_command(), "status", "--state", str(state), "--format", "json", str(path)],
-                               env=environment(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                               timeout=TIMEOUT)
-        assert shown.returncode == 3, shown.stderr
-        report = json.loads(shown.stdout)
-        assert report["batches"]["uncertain"] == summary.batches["uncertain"] > 0
-        assert report["destinations"]["uncertain"] == len(uncertain)
+    assert uncertain, f"{how}: exit 3 with nothing uncertain: {done.stdout}"
+    assert "uncertain" in done.stdout
+    assert missing <= uncertain, f"{how}: lost without being reported: {sorted(missing - uncertain)[:3]}"
+    assert accepted | uncertain == set(numbers) and not accepted & uncertain, how
+    assert summary.batches["failed"] == summary.batches["in-flight"] == 0, how
+    shown = subprocess.run([*campaign_command(), "status", "--state", str(state), "--format", "json", str(path)],
+                           env=environment(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=TIMEOUT)
+    assert shown.returncode == 3, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["batches"]["uncertain"] == summary.batches["uncertain"] > 0
+    assert report["destinations"]["uncertain"] == len(uncertain)
 
     # and the operator's way out: resending them with their keys completes the campaign, once
     done = rerun(sandbox, state, path, "--resend-uncertain")

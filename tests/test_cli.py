@@ -197,14 +197,16 @@ def test_validate_github_format_escapes_file_property_and_data(in_tmp: Path) -> 
 
 def test_validate_github_format_warning_and_whole_file_error(in_tmp: Path) -> None:
     write_campaign(in_tmp, {**VALID_CAMPAIGN, "sendAt": "2026-11-01T09:00:00Z"}, "old.yaml")
-    result = invoke("validate", "--format", "github", "old.yaml", "missing.yaml")
+    (in_tmp / "utf16.yaml").write_bytes("version: 1\n".encode("utf-16"))
+    result = invoke("validate", "--format", "github", "old.yaml", "utf16.yaml")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert len(lines) == 3
     # a colon is escaped in properties only, never in the message
     assert re.fullmatch(r"::warning file=old\.yaml,line=\d+,col=\d+,title=schedule-past::sendAt "
                         r"2026-11-01T09:00:00Z is in the past; apply will refuse it without --send-now", lines[0])
-    assert lines[1] == "::error file=missing.yaml,title=file-unreadable::cannot read file: No such file or directory"
+    assert lines[1] == ("::error file=utf16.yaml,line=1,col=1,title=file-encoding::the file is UTF-16, not UTF-8 "
+                        "(hint: save the file as UTF-8)")
     assert lines[2] == "failed: 1 error, 1 warning"
 
 
@@ -276,12 +278,11 @@ def test_validate_directory_of_yaml(in_tmp: Path) -> None:
 
 
 def test_validate_missing_file(in_tmp: Path) -> None:
+    # a path that is not there is a mistake on the command line (2), not an invalid campaign (1)
     result = invoke("validate", "nope.yaml")
-    assert result.exit_code == 1
-    assert result.stdout.splitlines() == [
-        "nope.yaml: error: cannot read file: No such file or directory [file-unreadable]",
-        "failed: 1 campaign file checked, 1 error, 0 warnings",
-    ]
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "error: no such file or folder: nope.yaml" in result.stderr
 
 
 GARBAGE: dict[str, bytes] = {

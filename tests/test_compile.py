@@ -154,7 +154,7 @@ def test_smartlink_tokens_pass_through_whatever_a_column_says(tmp_path: Path) ->
     campaign = campaign_from(tmp_path, {
         "content": {"text": "Hi {{ name }} {{ smartlink_4371 }}"},
         "substitutions": {"smartlink_4371": "campaign"},
-        "smartlinks": [{"smartlinkId": "4371"}],
+        "smartlinks": [{"smartlinkId": "4371", "validity": 1}],
         "recipients": [{"file": "a.csv"}],
     })
     streamed, planned = compile_both_ways(campaign)
@@ -254,12 +254,12 @@ def test_text_type_with_non_gsm_character_names_char_and_source(tmp_path: Path) 
 
 
 def test_text_type_with_curly_quote_in_template_suggests_replacement(tmp_path: Path) -> None:
-    campaign = campaign_from(tmp_path, {"content": {"type": "text", "text": "It’s on"},
-                                        "recipients": [{"msisdn": number(1)}]})
+    # written in the text itself, it is found by validate, before plan or compile
     with pytest.raises(CampaignError) as caught:
-        list(Compiler(campaign).iter_messages())
-    assert "(message text, character 3)" in caught.value.message
-    assert caught.value.hint == "replace '’' with \"'\", or set content.type to unicode or auto"
+        campaign_from(tmp_path, {"content": {"type": "text", "text": "It’s on"}, "recipients": [{"msisdn": number(1)}]})
+    assert caught.value.message.endswith(
+        "campaign.yaml:6:9: error: content type is text but the text has '’' (U+2019, character 3), which GSM-7 "
+        "cannot encode [non-gsm-character] (hint: replace it with \"'\", or set content.type to unicode or auto)")
 
 
 def test_missing_variable_names_recipient_row_and_variable(tmp_path: Path) -> None:

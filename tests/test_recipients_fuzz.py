@@ -4,6 +4,7 @@ reading it yields recipients or stops with the project's one-line located error.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -37,9 +38,14 @@ def _read(content: bytes, fmt: str) -> None:
         except CampaignError as error:
             assert error.exit_code == ExitCode.INVALID
             # the file exists, so the error is about its content: located in it, never at the campaign line
-            assert error.message.startswith(f"{path.name}:"), error.message
-            assert error.message.endswith(" [recipient-row]"), error.message
-            assert "\n" not in error.message
+            # every bad row is listed, one located line each (at most 20, then a count of the rest)
+            lines = error.message.split("\n")
+            assert len(lines) <= 21, error.message
+            if len(lines) == 21:
+                assert re.fullmatch(r"… and [0-9,]+ more bad rows", lines.pop()), error.message
+            for line in lines:
+                assert line.startswith(f"{path.name}:"), error.message
+                assert line.endswith(" [recipient-row]"), error.message
 
 
 @settings(max_examples=150, deadline=None)

@@ -71,7 +71,8 @@ def v1(**changes: Any) -> dict[str, Any]:
 
 
 DROP = object()
-AUTH = {vendor.SERVICE_KEY_HEADER: KEY}
+AUTH = {vendor.SERVICE_KEY_HEADER: KEY, "Content-Type": "application/json"}
+AUTH_ANY = {vendor.SERVICE_KEY_HEADER: "any", "Content-Type": "application/json"}
 
 
 def iso(delta: timedelta, *, zone: bool = True) -> str:
@@ -660,18 +661,21 @@ def test_localhost_is_allowed_and_stop_closes_connections() -> None:
 
 
 def test_serve_blocks_until_interrupted() -> None:
+    # port=0: a free port from the OS, never the CLI's default 8765 (another run may hold it);
+    # the timeouts are generous because a loaded machine is slow, not wrong
     code = ("import sys; from runner.sandbox import serve, SandboxSettings; "
-            "serve(SandboxSettings(), ready=lambda url: print(url, flush=True))")
+            "serve(SandboxSettings(port=0), ready=lambda url: print(url, flush=True))")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert process.stdout is not None
         url = process.stdout.readline().strip()
-        with httpx.Client(base_url=url, trust_env=False, verify=False, timeout=5) as client:
-            assert client.post(vendor.V2_MESSAGES_PATH, json=v2(), headers={"key": "any"}).status_code == 201
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":8765"), url
+        with httpx.Client(base_url=url, trust_env=False, verify=False, timeout=30) as client:
+            assert client.post(vendor.V2_MESSAGES_PATH, json=v2(), headers=AUTH_ANY).status_code == 201
             assert client.get("/_sandbox/stats").json()["accepted_requests"] == 1
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=5) == 0
+        assert process.wait(timeout=60) == 0
     finally:
         process.kill()
         process.wait()
