@@ -186,7 +186,7 @@ def generate(directory: Path, size: int, tps: int) -> tuple[Path, Path]:
     audience, campaign = directory / "audience.csv", directory / "campaign.yaml"
     write_audience(audience, "msisdn,name", (f"{number(i)},{NAMES[i % len(NAMES)]}\n" for i in range(size)))
     write_campaign(campaign, campaign_id=CAMPAIGN_ID, description="send benchmark", sender=SENDER,
-                   content_type="text", text=TEXT, store=STORE, tps=tps)
+                   content_type="text", text=TEXT, store=STORE, tps=tps, personalisation="platform")
     return campaign, audience
 
 
