@@ -215,6 +215,7 @@ class LedgerSummary:
 class _State:
     connection: sqlite3.Connection | None
     own_runs: set[str] = field(default_factory=set)
+    grouped: bool = False  # inside `group()`: writes join its transaction
 
 
 class Ledger:
@@ -323,9 +324,23 @@ class Ledger:
         return connection
 
     @contextmanager
+    def group(self) -> Iterator[None]:
+        """Writes made inside (by this thread: it holds the lock) share one transaction,
+        so one fsync: group commit for a sender with many requests in flight. All or none."""
+        with self._write():
+            self._state.grouped = True
+            try:
+                yield
+            finally:
+                self._state.grouped = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._connection()
+            if self._state.grouped:  # the lock is re-entrant: only `group()`'s own thread gets here
+                yield connection
+                return
             # Everything from BEGIN to COMMIT sits inside the try: an interrupt (Ctrl-C,
             # SIGTERM) landing anywhere in between must not leave a transaction open.
             try:

@@ -7,10 +7,13 @@ destination received with the plan.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shutil
+import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +22,10 @@ import pytest
 from runner.commands import ApplySettings, CompileSettings, Console, PlanSettings, run_apply, run_compile, run_plan
 from runner.compile import Compiler, generated_correlation_id
 from runner.errors import CampaignError
+from runner.ledger import Ledger
+from runner.model import Batch, Destination
 from runner.sandbox import Sandbox, SandboxSettings
+from runner.send import GroupCommitter
 from runner.validate import validate_file
 
 from .helpers import NOW, campaign_from, number, platform_text, write_campaign, write_csv
@@ -230,3 +236,52 @@ def test_platform_text_helper_fills_like_the_platform() -> None:
     body = {"to": [{"msisdn": ["+1"], "substitutions": {"a": "x"}}], "substitutions": {"a": "y", "b": "z"},
             "content": {"text": "$(a)-$(b)-$(c)"}}
     assert platform_text(body, "+1") == "x-z-$(c)"
+
+
+# --- one request per destination: the ledger commits the send threads' writes in groups ---
+
+
+def _two_pending(path: Path) -> tuple[Ledger, str]:
+    ledger = Ledger.open(path)
+    run_id = ledger.begin_run("c")
+    ledger.record_pending_many("c", [Batch(f"k{i}", i, "v2", {}, (Destination(number(i), f"c{i}"),)) for i in (1, 2)])
+    return ledger, run_id
+
+
+def test_a_ledger_group_is_one_transaction_all_or_none(tmp_path: Path) -> None:
+    ledger, run_id = _two_pending(tmp_path / "state.db")
+    with ledger:
+        with pytest.raises(CampaignError, match="cannot go from pending to accepted"):
+            with ledger.group():
+                ledger.mark_in_flight("k1", run_id)
+                ledger.mark_accepted("k2", http_status=201, message_id="m")  # pending -> accepted: refused
+        assert (ledger.batch_status("k1"), ledger.batch_status("k2")) == ("pending", "pending")  # k1 rolled back
+        with ledger.group():
+            ledger.mark_in_flight("k1", run_id)
+            ledger.mark_in_flight("k2", run_id)
+        assert (ledger.batch_status("k1"), ledger.batch_status("k2")) == ("in-flight", "in-flight")
+
+
+def test_group_committer_gives_each_writer_its_own_answer(tmp_path: Path) -> None:
+    ledger, run_id = _two_pending(tmp_path / "state.db")
+    with ledger:
+        committer = GroupCommitter(ledger)
+        results: dict[str, str] = {}
+
+        def write(key: str, change: Callable[[], None]) -> None:
+            try:
+                committer.write(change)
+                results[key] = "ok"
+            except CampaignError as error:
+                results[key] = error.message
+
+        threads = [threading.Thread(target=write, args=("k1", functools.partial(ledger.mark_in_flight, "k1", run_id))),
+                   threading.Thread(target=write, args=("k2", functools.partial(
+                       ledger.mark_accepted, "k2", http_status=201, message_id="m")))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        committer.close()
+        assert results == {"k1": "ok", "k2": "ledger: batch k2 cannot go from pending to accepted"}
+        assert (ledger.batch_status("k1"), ledger.batch_status("k2")) == ("in-flight", "pending")
