@@ -260,6 +260,8 @@ def test_a_ledger_group_is_one_transaction_all_or_none(tmp_path: Path) -> None:
             ledger.mark_in_flight("k1", run_id)
             ledger.mark_in_flight("k2", run_id)
         assert (ledger.batch_status("k1"), ledger.batch_status("k2")) == ("in-flight", "in-flight")
+        ledger.mark_accepted("k2", http_status=201, message_id="m")
+        assert ledger.batch_statuses(["k2", "unknown", "k1"]) == {"k1": "in-flight", "k2": "accepted"}
 
 
 def test_group_committer_gives_each_writer_its_own_answer(tmp_path: Path) -> None:
