@@ -355,8 +355,8 @@ def run_apply(directory: Path, campaign: Path, sandbox: SandboxProcess, extra: l
     cmd = [*campaign_command(), "apply", "--yes", "--quiet", "--base-url", sandbox.url, "--state", str(state),
            "--format", "json", *extra, str(campaign)]
     env = {**os.environ, "WEBEX_CONNECT_SERVICE_KEY": SERVICE_KEY}
-    for name in ("WEBEX_CONNECT_JWT", "WEBEX_CONNECT_JWT_FILE", "WEBEX_CONNECT_SERVICE_KEY_FILE"):
-        env.pop(name, None)
+    for variable in ("WEBEX_CONNECT_JWT", "WEBEX_CONNECT_JWT_FILE", "WEBEX_CONNECT_SERVICE_KEY_FILE"):
+        env.pop(variable, None)
     child = measure(cmd, directory, name, sandbox, env, timeline=True)
     return ApplyRun(child, json.loads(child.stdout))
 
