@@ -287,3 +287,28 @@ def test_group_committer_gives_each_writer_its_own_answer(tmp_path: Path) -> Non
         committer.close()
         assert results == {"k1": "ok", "k2": "ledger: batch k2 cannot go from pending to accepted"}
         assert (ledger.batch_status("k1"), ledger.batch_status("k2")) == ("in-flight", "pending")
+
+
+@pytest.mark.parametrize(("personalisation", "mode", "requests"), [(None, "local", 3), ("platform", "platform", 1)])
+def test_every_plan_format_shows_the_mode_and_its_requests(tmp_path: Path, personalisation: str | None, mode: str,
+                                                           requests: int) -> None:
+    data: dict[str, object] = {"content": {"text": "Hi {{ name }}"}, "throughput": {"tps": 100},
+                               "recipients": [{"msisdn": number(i), "substitutions": {"name": n}}
+                                              for i, n in enumerate(["Ann", "Bob", "Ann", "Cy"])]}
+    if personalisation:
+        data["personalisation"] = personalisation
+    path = write_campaign(tmp_path, data)
+    shown = {}
+    for output_format in ("text", "json", "markdown"):
+        out = io.StringIO()
+        run_plan(PlanSettings(path, output_format=output_format), now=NOW, out=out)
+        shown[output_format] = out.getvalue()
+    assert f"| API | v2 ({mode} personalisation) |" in shown["markdown"]
+    assert f"| requests | {requests} (up to 100 destinations each) |" in shown["markdown"]
+    assert f"v2 ({mode} personalisation)" in shown["text"]
+    assert f"{requests} (up to 100 destinations each)" in shown["text"]
+    summary = json.loads(shown["json"])["summary"]
+    assert (summary["strategy"], summary["requests"]) == (mode, requests)
+    compiled = io.StringIO()
+    run_compile(CompileSettings(path), now=NOW, out=compiled)
+    assert len(compiled.getvalue().splitlines()) == requests  # compile (and apply) make what the plan said
