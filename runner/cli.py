@@ -229,7 +229,7 @@ def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, re
               help="Seconds to wait for an answer.")
 def test_send(file: Path, to: tuple[str, ...], as_msisdn: str | None, state: Path | None, api: str, sandbox: bool,
               region: str | None, base_url: str | None, timeout: float) -> None:
-    """Send the campaign's exact message for one recipient to test phones, now (not recorded as a campaign send)."""
+    """Send the campaign's exact message for one recipient to test phones, now (ledger: apart from its sends)."""
     with _handler():
         from .commands import Console, TestSendSettings, run_test_send
 
