@@ -26,7 +26,8 @@ def write_audience(path: Path, header: str, rows: Iterable[str]) -> None:
 
 
 def write_campaign(path: Path, *, campaign_id: str, description: str, sender: str, content_type: str,
-                   text: str, store: str, tps: int, audience: str = "audience.csv") -> None:
+                   text: str, store: str, tps: int, audience: str = "audience.csv",
+                   personalisation: str = "local") -> None:
     """A plain-variable campaign over one CSV audience, with `store` as a campaign value."""
     path.write_text(
         "version: 1\n"
@@ -38,6 +39,7 @@ def write_campaign(path: Path, *, campaign_id: str, description: str, sender: st
         f'  text: "{text}"\n'
         f"substitutions: {{store: {store}}}\n"
         f"recipients: [{{file: {audience}}}]\n"
-        f"throughput: {{tps: {tps}}}\n",
+        f"throughput: {{tps: {tps}}}\n"
+        f"personalisation: {personalisation}\n",
         encoding="utf-8",
     )

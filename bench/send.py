@@ -156,6 +156,10 @@ CAMPAIGN_ID = "bench-send"
 SENDER = "12025550100"
 TEXT = "Hi {{ name }}, your offer at {{ store }}: https://shop.example.com"
 WIRE_TEXT = "Hi $(name), your offer at $(store): https://shop.example.com"
+# Local personalisation with a text unique to each recipient (its number): the worst
+# case, one request per destination, so requests per second equal the TPS.
+LOCAL_TEXT = "Hi {{ name }}, your offer for {{ msisdn }} at {{ store }}: https://shop.example.com"
+MODES = ("platform", "local")
 STORE = "Fernway"
 SERVICE_KEY = "bench-key"
 NAMES = ("Ada", "Alan", "Grace", "Barbara", "Linus", "Margaret", "Katherine", "Tim")
@@ -182,12 +186,17 @@ RATE_WINDOW_SECONDS = _rate_window()
 RATE_WINDOW_NOTE = f"{RATE_WINDOW_SECONDS:g} s"
 
 
-def generate(directory: Path, size: int, tps: int) -> tuple[Path, Path]:
-    audience, campaign = directory / "audience.csv", directory / "campaign.yaml"
+def generate(directory: Path, size: int, tps: int) -> tuple[dict[str, Path], Path]:
+    """One audience; a campaign per personalisation mode (`campaign.yaml` is platform)."""
+    audience = directory / "audience.csv"
     write_audience(audience, "msisdn,name", (f"{number(i)},{NAMES[i % len(NAMES)]}\n" for i in range(size)))
-    write_campaign(campaign, campaign_id=CAMPAIGN_ID, description="send benchmark", sender=SENDER,
-                   content_type="text", text=TEXT, store=STORE, tps=tps)
-    return campaign, audience
+    campaigns = {"platform": directory / "campaign.yaml", "local": directory / "campaign-local.yaml"}
+    write_campaign(campaigns["platform"], campaign_id=CAMPAIGN_ID, description="send benchmark", sender=SENDER,
+                   content_type="text", text=TEXT, store=STORE, tps=tps, personalisation="platform")
+    write_campaign(campaigns["local"], campaign_id=CAMPAIGN_ID + "-local", description="send benchmark, local",
+                   sender=SENDER, content_type="text", text=LOCAL_TEXT, store=STORE, tps=tps,
+                   personalisation="local")
+    return campaigns, audience
 
 
 def check_numbers(size: int) -> None:
@@ -318,7 +327,7 @@ def measure(cmd: list[str], cwd: Path, name: str, sandbox: SandboxProcess, env: 
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout = out_path.read_text(encoding="utf-8", errors="replace")
     # apply exits 3 (partial) when batches failed or stay uncertain: still a result to report
-    if proc.returncode != 0 and not (proc.returncode == 3 and name == "apply"):
+    if proc.returncode != 0 and not (proc.returncode == 3 and name.startswith("apply")):
         raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}:\n{stdout}\n"
                          f"{err_path.read_text(errors='replace')}")
     sandbox_cpu = None if sandbox_before is None or sandbox_after is None else sandbox_after - sandbox_before
@@ -338,16 +347,17 @@ class NaiveRun:
     result: dict[str, Any]
 
 
-def run_apply(directory: Path, campaign: Path, sandbox: SandboxProcess, extra: list[str]) -> ApplyRun:
-    state = directory / "state.db"
+def run_apply(directory: Path, campaign: Path, sandbox: SandboxProcess, extra: list[str],
+              name: str = "apply") -> ApplyRun:
+    state = directory / f"{name}-state.db"
     for suffix in ("", "-wal", "-shm", ".lock"):
         Path(f"{state}{suffix}").unlink(missing_ok=True)
     cmd = [*campaign_command(), "apply", "--yes", "--quiet", "--base-url", sandbox.url, "--state", str(state),
            "--format", "json", *extra, str(campaign)]
     env = {**os.environ, "WEBEX_CONNECT_SERVICE_KEY": SERVICE_KEY}
-    for name in ("WEBEX_CONNECT_JWT", "WEBEX_CONNECT_JWT_FILE", "WEBEX_CONNECT_SERVICE_KEY_FILE"):
-        env.pop(name, None)
-    child = measure(cmd, directory, "apply", sandbox, env, timeline=True)
+    for variable in ("WEBEX_CONNECT_JWT", "WEBEX_CONNECT_JWT_FILE", "WEBEX_CONNECT_SERVICE_KEY_FILE"):
+        env.pop(variable, None)
+    child = measure(cmd, directory, name, sandbox, env, timeline=True)
     return ApplyRun(child, json.loads(child.stdout))
 
 
@@ -517,6 +527,33 @@ def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: Naive
         print(f"WARNING: {problem}")
 
 
+def print_modes(args: argparse.Namespace, by_mode: dict[str, list[ApplyRun]]) -> None:
+    """The two personalisation modes side by side, from the same run (same machine state)."""
+    tps = args.tps
+    print()
+    print(f"personalisation modes at {tps:,} tps, {args.latency * 1000:g} ms latency, "
+          f"{args.recipients:,} recipients (median send phase of {args.repeat} run(s) each):")
+    header = (f"{'mode':<10} {'requests':>9} {'send s':>8} {'dest/s':>9} {'ratio to tps':>13} {'req/s':>8} "
+              f"{'CPU s / 10k':>12} {'peak RSS MB':>12} {'7020s':>6}")
+    print(header)
+    print("-" * len(header))
+    for mode, runs in by_mode.items():
+        ranked = sorted(runs, key=lambda a: float(a.result["elapsedSeconds"]))
+        run = ranked[len(ranked) // 2]
+        r = run.result
+        sent = max(int(r["acceptedDestinations"]), 1)
+        seconds = max(float(r["elapsedSeconds"]), 1e-9)
+        print(f"{mode:<10} {int(r['plannedBatches']):>9,} {seconds:>8.2f} {float(r['destinationsPerSecond']):>9,.0f} "
+              f"{float(r['destinationsPerSecond']) / tps:>13.3f} {int(r['accepted']) / seconds:>8,.0f} "
+              f"{run.child.cpu / sent * 10_000:>12.2f} {run.child.peak_rss_mb:>12.1f} "
+              f"{run.child.sandbox_stats.get('rejected_7020', 0):>6,}")
+        goal = float(r["destinationsPerSecond"]) / tps
+        print(f"  goal {mode}: send phase >= 0.95 x tps: {goal:.3f} -> {'met' if goal >= 0.95 else 'NOT met'}"
+              f"; sandbox CPU {_cpu_note(run.child.sandbox_cpu, sent)}")
+        if int(r["acceptedDestinations"]) != args.recipients:
+            print(f"  WARNING: {mode} delivered {int(r['acceptedDestinations']):,} of {args.recipients:,}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark `campaign apply` against the sandbox at a TPS, "
                                                  "next to a naive one-request-per-recipient sender.")
@@ -528,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=None, help="passed to apply (default: apply's own)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="apply runs (fresh ledger each); the median is tabled (default 1)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="personalisation modes to apply, in order (default platform,local; local sends a "
+                        "text unique to each recipient: one request per destination)")
     parser.add_argument("--workdir", type=Path, help="where to write data (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep generated files, ledger and logs")
     args = parser.parse_args(argv)
@@ -539,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--baseline-sample must be between 1 and --recipients")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or set(args.modes) - set(MODES):
+        parser.error(f"--modes takes a comma-separated list of {', '.join(MODES)}")
     args.load_before = os.getloadavg()[0]
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -549,20 +592,25 @@ def main(argv: list[str] | None = None) -> int:
     sandbox: SandboxProcess | None = None
     try:
         print(f"generating {args.recipients:,} recipients in {directory} ...", file=sys.stderr, flush=True)
-        campaign, audience = generate(directory, args.recipients, args.tps)
+        campaigns, audience = generate(directory, args.recipients, args.tps)
         check_numbers(args.recipients)
         sandbox = SandboxProcess(args.tps, args.latency, directory / "sandbox.stderr")
         args.sandbox_url = sandbox.url
         extra = [] if args.max_in_flight is None else ["--max-in-flight", str(args.max_in_flight)]
-        applies = []
-        for attempt in range(1, args.repeat + 1):
-            print(f"apply {attempt}/{args.repeat} -> {sandbox.url} ...", file=sys.stderr, flush=True)
-            applies.append(run_apply(directory, campaign, sandbox, extra))
+        by_mode: dict[str, list[ApplyRun]] = {}
+        for mode in args.modes:
+            for attempt in range(1, args.repeat + 1):
+                print(f"apply ({mode}) {attempt}/{args.repeat} -> {sandbox.url} ...", file=sys.stderr, flush=True)
+                by_mode.setdefault(mode, []).append(
+                    run_apply(directory, campaigns[mode], sandbox, extra, "apply" if mode == "platform" else "apply-" + mode))
+        first = args.modes[0]
         print(f"naive, {args.baseline_sample:,} recipients ...", file=sys.stderr, flush=True)
         naive = run_naive(directory, audience, sandbox, args.baseline_sample)
-        print("plan (the pre-pass alone) ...", file=sys.stderr, flush=True)
-        plan = run_plan(directory, campaign, sandbox)
-        print_report(args, applies, naive, plan)
+        print(f"plan ({first}: the pre-pass alone) ...", file=sys.stderr, flush=True)
+        plan = run_plan(directory, campaigns[first], sandbox)
+        print(f"detail of the {first} mode:")
+        print_report(args, by_mode[first], naive, plan)
+        print_modes(args, by_mode)
     finally:
         if sandbox is not None:
             sandbox.stop()

@@ -423,9 +423,12 @@ def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitC
                             hint="pass --state PATH if apply used another one")
     from .ledger import Ledger
 
+    from .testsend import ledger_key
+
     with Ledger.open(settings.state) as ledger:
         summary = ledger.summary(campaign.id)
-    _reporter(settings.output_format, out).status(summary)
+        test_sends = ledger.summary(ledger_key(campaign.id))  # apart: never the campaign's own sends
+    _reporter(settings.output_format, out).status(summary, test_sends)
     return ExitCode.PARTIAL if summary.batches.get("failed") or summary.batches.get("uncertain") else ExitCode.OK
 
 
@@ -480,3 +483,80 @@ def run_receipts_listen(settings: ReceiptsListenSettings, *, environ: Mapping[st
         ready(listener.url + ("" if token is not None else " (no auth: loopback only)"))
         listener.serve()
     return ExitCode.OK
+
+
+# --- test-send ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestSendSettings:
+    file: Path
+    to: tuple[str, ...]  # test numbers as typed; validated like recipients
+    as_msisdn: str | None = None  # the recipient whose message is sent; None = the first
+    state: Path | None = None
+    api: Api = "v2"
+    sandbox: bool = False
+    base_url: str | None = None
+    region: str | None = None
+    timeout: float = 30.0
+
+    @property
+    def state_path(self) -> Path:
+        if self.state is not None:
+            return self.state
+        return DEFAULT_SANDBOX_STATE if self.sandbox else DEFAULT_STATE
+
+
+def run_test_send(settings: TestSendSettings, *, now: datetime, console: Console) -> ExitCode:
+    """Send the campaign's exact message for one recipient to the test numbers, now,
+    through apply's own path; recorded under the ledger key `<id>#test-send`."""
+    from dataclasses import replace
+
+    from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
+    from .ledger import Ledger, acquire_lock
+    from .send import Applier, SendPolicy
+    from .testsend import (Delivery, TestSendResult, batches_for_test, chosen_message, for_now, ledger_key,
+                           normalise_test_numbers)
+
+    numbers = normalise_test_numbers(settings.to)
+    campaign, _ = load_campaign(settings.file, now=now)
+    campaign = for_now(campaign, now)
+    compiler = Compiler(campaign, settings.api)
+    chosen = chosen_message(Compiler(campaign, settings.api), settings.as_msisdn)
+    key = ledger_key(campaign.id)
+    with ExitStack() as stack:
+        stack.enter_context(acquire_lock(settings.state_path, key))
+        ledger = stack.enter_context(Ledger.open(settings.state_path))
+        sandbox = stack.enter_context(_sandbox_for(campaign, now)) if settings.sandbox else None
+        if sandbox is not None:
+            base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
+        else:
+            credentials = Credentials.from_env(console.environ)
+            base_url = resolve_base_url(
+                base_url=settings.base_url or console.environ.get(BASE_URL_ENV) or None,
+                region=settings.region or console.environ.get(REGION_ENV) or None,
+            )
+        client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout))
+        ledger.mark_dead_in_flight_uncertain(key)
+        run_id = ledger.begin_run(key)
+        batches = list(batches_for_test(compiler, chosen, numbers, run_id))
+        applier = Applier(replace(campaign, id=key), ledger=ledger, sender=client, api=settings.api,
+                          policy=SendPolicy(), run_id=run_id)
+        outcome = applier.run(iter(batches))
+        ledger.finish_run(run_id)
+        deliveries = []
+        for batch in batches:
+            record = ledger.batch_record(batch.key)
+            for destination in batch.destinations:
+                deliveries.append(Delivery(destination.msisdn, record.status if record else "pending",
+                                           record.message_id if record else None))
+    first = batches[0].body
+    sent_text = (f"template {first['template']['id']}" if "template" in first
+                 else first["content"] if settings.api == "v1" else first["content"]["text"])
+    result = TestSendResult(
+        campaign_id=campaign.id, personalisation="platform" if compiler.platform else "local", api=settings.api,
+        rendered_for=chosen.message.msisdn, text=chosen.message.text,
+        wire_text=None if sent_text == chosen.message.text else str(sent_text),
+        deliveries=tuple(deliveries), exit_code=outcome.exit_code)
+    _reporter("text", console.out).test_send(result)
+    return result.exit_code

@@ -1,12 +1,15 @@
 """Compile: rendered recipients into the exact request bodies of the vendor API.
 
-Two strategies give every recipient the same final text:
+Two strategies give every recipient the same final text; the campaign's
+`personalisation` picks one (validation decided it, see `Campaign.personalisation`):
 
-* platform: when the text uses only plain `{{ name }}` variables, the wire text carries
-  the platform's placeholders, campaign values ride in the global `substitutions` and a
-  recipient's own values in its `to[]` entry. A thousand recipients fit one request.
-* local: when the text uses jinja2 logic, each text is rendered here and recipients
-  whose rendered text is identical share a request.
+* local (the default for inline content): each text is rendered here and sent as the
+  literal `content.text`; recipients whose rendered text is identical share a request.
+  No body carries a placeholder, so nothing depends on the platform filling one in.
+* platform (asked for explicitly, or a template): the text uses only plain `{{ name }}`
+  variables, the wire text carries the platform's placeholders, campaign values ride in
+  the global `substitutions` and a recipient's own values in its `to[]` entry. A
+  thousand recipients fit one request.
 
 Everything here is deterministic (same inputs, byte-identical bodies) and streamed:
 batches leave as soon as they fill, so memory does not grow with the audience.
@@ -28,7 +31,15 @@ from .model import Api, Batch, Campaign, Destination, Encoding, Message, Recipie
 from .recipients import KeptRow, RecipientStats, iter_kept, iter_recipients, kept_recipient
 from .render import CompiledText, Renderer, compile_text, same_value
 
-MAX_OPEN_GROUPS = 512  # local strategy: distinct texts buffered before the oldest is flushed
+# Local strategy: requests are grouped by text while they fill, in input order. At most
+# this many distinct texts, and this many messages over all of them, wait for company
+# before the oldest text's group leaves as it is: memory stays flat whatever the
+# audience (a fully personalised million is a million one-destination requests, each
+# sent as soon as 512 newer texts arrived), and the grouping depends only on the input
+# order, so the same inputs always give the same batches and keys (exactly-once rests
+# on them). In platform mode a group is an encoding, so neither bound is ever reached.
+MAX_OPEN_GROUPS = 512
+MAX_BUFFERED_MESSAGES = 10_000
 
 
 def batch_size(campaign: Campaign) -> int:
@@ -75,6 +86,9 @@ class Compiled:
 
     message: Message
     own_values: Mapping[str, Scalar]
+    # The recipient it was rendered for: its value layers tell a masked preview which
+    # values are personal, whatever the personalisation mode put on the wire.
+    recipient: Recipient | None = None
 
 
 # What batching needs of one message: (msisdn, correlation id, text, own values, encoding
@@ -100,7 +114,10 @@ class Compiler:
         self.stats = CompileStats()
         self.text = message_text(campaign)
         self.renderer = Renderer(campaign, self.text) if self.text is not None else None
-        self.platform = campaign.template is not None or (self.text is not None and self.text.is_plain)
+        # Validation refuses `personalisation: platform` for a text with logic; a campaign
+        # built by hand that asks for it anyway is rendered here, which is always right.
+        self.platform = campaign.template is not None or (
+            campaign.personalisation == "platform" and self.text is not None and self.text.is_plain)
         self.size = 1 if api == "v1" else batch_size(campaign)
         if api == "v1":
             refuse_v1(campaign)
@@ -113,11 +130,11 @@ class Compiler:
         # global `substitutions` block (the same for all of them).
         self._shared_values: dict[str, Any] = (
             {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables) if n in self.renderer.campaign_layer}
-            if self.renderer is not None and self.text is not None and self.text.is_plain else {}
+            if self.platform and self.renderer is not None and self.text is not None and self.text.is_plain else {}
         )
         # What every request of this campaign shares, built once rather than per batch
         # (v2) or per destination (v1).
-        self._wire_text = self.text.wire_text() if self.text is not None and self.text.is_plain else ""
+        self._wire_text = self.text.wire_text() if self.platform and self.text is not None and self.text.is_plain else ""
         self._extras = self._v1_extras() if api == "v1" else self._v2_extras()
         # The file values compile reads: a plain text's variables. A text with logic may
         # read more than its free variables (`{% set name = name | upper %}`), and a
@@ -145,7 +162,7 @@ class Compiler:
             if skip is not None and skip(recipient.msisdn):
                 continue
             (msisdn, correlation_id, text, own_values, _), count = self._compile_item(recipient)
-            yield Compiled(Message(msisdn, correlation_id, text, count, recipient.origin), own_values)
+            yield Compiled(Message(msisdn, correlation_id, text, count, recipient.origin), own_values, recipient)
 
     def iter_messages(self) -> Iterator[Message]:
         for compiled in self.iter_compiled():
@@ -168,6 +185,7 @@ class Compiler:
         count = segments.count
         stats = self.stats
         gsm7, longest = Encoding.GSM7, vendor.MAX_TEXT_CHARS
+        platform, opener = self.platform, vendor.PLACEHOLDER_OPENER
         inline_messages = inline_segments = 0  # added to `stats` once, at the end
         try:
             for kept in iter_kept(self.campaign, stats.recipients, self._columns):
@@ -188,10 +206,10 @@ class Compiler:
                     if rendered is not None:
                         text, personal = rendered
                         counted = count(text)
-                        if counted.encoding is gsm7 and len(text) <= longest:
+                        if counted.encoding is gsm7 and len(text) <= longest and (platform or opener not in text):
                             inline_messages += 1
                             inline_segments += counted.segments
-                            yield msisdn, correlation_id, text, personal, _GSM7_NAME
+                            yield msisdn, correlation_id, text, personal if platform else {}, _GSM7_NAME
                             continue
                 yield compile_item(kept)[0]
         finally:
@@ -216,7 +234,9 @@ class Compiler:
         if self._plain is not None:
             rendered = self._plain.render_plain(own, shared, msisdn, correlation_id)
             if rendered is not None:
-                text, own_values = rendered  # own values: what `_own_values` gives
+                text, own_values = rendered  # own values: what `_own_values` gives (platform)
+                if not self.platform:
+                    own_values = {}
         if text is None:
             if self.renderer is not None:
                 recipient = recipient or _as_recipient(kept)
@@ -237,6 +257,14 @@ class Compiler:
             raise CampaignError(
                 f"{recipient.origin}: error: the message for {msisdn} is empty after rendering [text-empty]",
                 hint="give this recipient the values the text needs, or change the text",
+            )
+        if not self.platform and vendor.PLACEHOLDER_OPENER in text:
+            recipient = recipient or _as_recipient(kept)
+            raise CampaignError(
+                f"{recipient.origin}: error: message for {msisdn} contains '{vendor.PLACEHOLDER_OPENER}' after "
+                "rendering; Webex Connect may read it as a placeholder, so it is never sent literally "
+                "[placeholder-in-text]",
+                hint="change the value that brings it in (a substitution of this recipient, its file or the campaign)",
             )
         if len(text) > vendor.MAX_TEXT_CHARS:
             recipient = recipient or _as_recipient(kept)
@@ -360,19 +388,21 @@ class Compiler:
         size = self.size
         # Requests share an encoding, and under the local strategy a text as well.
         groups: dict[str | tuple[str, str], list[_Item]] = {}
-        index = 0
+        index = buffered = 0
         for item in stream:
             group_key = item[4] if platform else (item[4], item[2])
             members = groups.get(group_key)
             if members is None:
                 members = groups[group_key] = []
             members.append(item)
+            buffered += 1
             if len(members) >= size:
                 del groups[group_key]
-            elif len(groups) > MAX_OPEN_GROUPS:
-                members = groups.pop(next(iter(groups)))
+            elif len(groups) > MAX_OPEN_GROUPS or buffered > MAX_BUFFERED_MESSAGES:
+                members = groups.pop(next(iter(groups)))  # the oldest text (dicts keep insertion order)
             else:
                 continue
+            buffered -= len(members)
             self.stats.requests += 1
             yield index, members
             index += 1

@@ -44,7 +44,7 @@ import socket
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -215,6 +215,7 @@ class LedgerSummary:
 class _State:
     connection: sqlite3.Connection | None
     own_runs: set[str] = field(default_factory=set)
+    grouped: bool = False  # inside `group()`: writes join its transaction
 
 
 class Ledger:
@@ -324,10 +325,21 @@ class Ledger:
         return connection
 
     @contextmanager
+    def group(self) -> Iterator[None]:
+        """Writes made inside (by this thread: it holds the lock) share one transaction,
+        so one fsync: group commit for a sender with many requests in flight. All or none."""
+        with self._write():
+            self._state.grouped = True
+            try:
+                yield
+            finally:
+                self._state.grouped = False
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             connection = self._connection()
-            if self._joining:  # a write inside record_receipts: part of its one transaction
+            if self._joining or self._state.grouped:  # inside record_receipts' or group()'s one transaction
                 yield connection
                 return
             # Everything from BEGIN to COMMIT sits inside the try: an interrupt (Ctrl-C,
@@ -573,6 +585,17 @@ class Ledger:
         with self._read() as connection:
             row = connection.execute("SELECT status FROM batches WHERE batch_key = ?", (batch_key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def batch_statuses(self, batch_keys: Sequence[str]) -> dict[str, str]:
+        """`batch_status` of many batches in one read (known ones only): the sender asks
+        once per group instead of once per request, each waiting for the ledger's lock."""
+        found: dict[str, str] = {}
+        with self._read() as connection:
+            for start in range(0, len(batch_keys), 500):  # under SQLite's bound-parameter limit
+                part = batch_keys[start:start + 500]
+                found.update((str(key), str(status)) for key, status in connection.execute(
+                    f"SELECT batch_key, status FROM batches WHERE batch_key IN ({','.join('?' * len(part))})", part))
+        return found
 
     _RECORD_COLUMNS: Final = (
         "b.batch_key, b.campaign_id, b.batch_index, b.api, b.status, b.attempts, b.http_status, "

@@ -97,6 +97,9 @@ class SourceDocument:
 
 ContentType = Literal["text", "unicode", "auto"]
 Api = Literal["v1", "v2"]
+# Who fills in a recipient's values: "local" = we render each final text and send it
+# literally; "platform" = one text with the vendor's placeholders, values per destination.
+Personalisation = Literal["local", "platform"]
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,10 @@ class Campaign:
     smartlinks: tuple[Smartlink, ...]
     tps: int
     source: SourceDocument = field(repr=False, compare=False)
+    # As decided by validation: a template is always "platform" (the vendor documents
+    # substitutions for templates); inline content is "local" unless the file says otherwise.
+    # Last and defaulted so a `Campaign(...)` built field by field elsewhere keeps working.
+    personalisation: Personalisation = "local"
 
     @property
     def path(self) -> Path:

@@ -193,9 +193,11 @@ def _masked_text(compiler: Compiler, item: Compiled) -> str:
         return item.message.text  # a template id without preview: nothing personal is rendered here
     if text.plain_parts is None:
         return text.source
-    # Values a recipient file shares with all its rows are the campaign file's, not personal.
-    shared = next((source.substitutions for source in compiler.campaign.recipients
-                   if isinstance(source, RecipientFile) and source.display_name == item.message.origin.file), {})
+    # Values a recipient file shares with all its rows are the campaign file's, not personal;
+    # the row's (or inline recipient's) own values are, unless equal to its file's.
+    recipient = item.recipient
+    own = recipient.substitutions if recipient is not None else item.own_values
+    shared = recipient.source_substitutions if recipient is not None else {}
     out = []
     for part in text.plain_parts:
         name = part.name if isinstance(part, Variable) else None
@@ -203,9 +205,11 @@ def _masked_text(compiler: Compiler, item: Compiled) -> str:
             out.append(str(part))
         elif name in PERSONAL_BUILTINS:
             out.append(MASK)
-        elif name in item.own_values:
-            value = item.own_values[name]
+        elif name in own:
+            value = own[name]
             out.append(str(value) if name in shared and same_value(shared[name], value) else MASK)
+        elif name in shared:
+            out.append(str(shared[name]))
         elif name in renderer.campaign_layer:
             out.append(str(renderer.campaign_layer[name]))
         else:

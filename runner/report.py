@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .plan import Plan
     from .ledger import LedgerSummary
     from .send import ApplyResult
+    from .testsend import TestSendResult
     from .validate import ValidationResult
 
 
@@ -69,8 +70,11 @@ class Reporter:
     def apply(self, result: ApplyResult) -> None:
         raise self._unsupported("apply")
 
-    def status(self, result: LedgerSummary) -> None:
+    def status(self, result: LedgerSummary, test_sends: LedgerSummary | None = None) -> None:
         raise self._unsupported("status")
+
+    def test_send(self, result: TestSendResult) -> None:
+        raise self._unsupported("test-send")
 
 
 def _counts(errors: int, warnings: int) -> str:
@@ -138,7 +142,24 @@ class TextReporter(Reporter):
             detail = failure.message.removeprefix(f"{status} ").lstrip(": ") if failure.http_status else failure.message
             self.write(visible(f"  batch {failure.batch_key}: {status}{code}: {detail}"))
 
-    def status(self, result: LedgerSummary) -> None:
+    def status(self, result: LedgerSummary, test_sends: LedgerSummary | None = None) -> None:
+        self._status(result)
+        if test_sends is not None and test_sends.runs:
+            t = test_sends
+            self.write(f"test sends (campaign test-send; not counted above): {_n(t.runs, 'run')}, "
+                       "destinations " + _tally(t.destinations))
+
+    def test_send(self, result: TestSendResult) -> None:
+        r = result
+        self.write(f"test send of {r.campaign_id} ({r.personalisation} personalisation, API {r.api}), "
+                   f"the message of {r.rendered_for}:")
+        self.write(f"text: {r.text}")
+        if r.wire_text is not None:
+            self.write(f"sent as: {r.wire_text} (the platform fills in the values: check the phone shows the text above)")
+        for d in r.deliveries:
+            self.write(f"  {d.msisdn}: {d.status}" + (f", messageId {d.message_id}" if d.message_id else ""))
+
+    def _status(self, result: LedgerSummary) -> None:
         s = result
         self.write(f"campaign {s.campaign_id}: {_n(s.runs, 'run')}, {_n(s.attempts, 'request')} attempted")
         self.write("batches:      " + _tally(s.batches))
@@ -174,7 +195,10 @@ class JsonReporter(Reporter):
     def apply(self, result: ApplyResult) -> None:
         self._dump(result.to_json())
 
-    def status(self, result: LedgerSummary) -> None:
+    def status(self, result: LedgerSummary, test_sends: LedgerSummary | None = None) -> None:
+        tests = None
+        if test_sends is not None and test_sends.runs:
+            tests = {"runs": test_sends.runs, "destinations": dict(test_sends.destinations)}
         self._dump({
             "format_version": STATUS_JSON_FORMAT_VERSION,
             "campaignId": result.campaign_id,
@@ -188,6 +212,7 @@ class JsonReporter(Reporter):
             "runs": result.runs,
             "lastRunStartedAt": result.last_run_started_at,
             "lastRunFinishedAt": result.last_run_finished_at,
+            "testSends": tests,  # campaign test-send runs, kept apart from the campaign's own sends
         })
 
 

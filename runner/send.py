@@ -8,7 +8,9 @@ held unless the user asks to resend it with the same Idempotency-Key).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import queue
 import random
 import signal
 import threading
@@ -189,6 +191,10 @@ class RateLimiter:
         self.paused_until = 0.0
         self.next_start = 0.0  # even spacing: no burst of a whole second at a window's start
         self.lock = threading.Lock()
+        # One waiter at a time: the others block here instead of all polling for the
+        # next slot (at 1,000 requests a second and 50 in flight, that polling was
+        # tens of thousands of wake-ups a second, most of the client's CPU).
+        self.turn = threading.Lock()
 
     def pause(self, seconds: float) -> None:
         """The server said slow down: nobody sends until then."""
@@ -202,6 +208,10 @@ class RateLimiter:
         really leaves (after the ledger write): the window must count departures.
         """
         count = min(count, self.rate)
+        with self.turn:
+            return self._acquire(count, stop)
+
+    def _acquire(self, count: int, stop: threading.Event | None) -> list[float] | None:
         while True:
             with self.lock:
                 now = self.clock()
@@ -233,6 +243,96 @@ def backoff_delay(attempt: int, policy: SendPolicy, retry_after: float | None, r
     return max(delay, retry_after or 0.0)
 
 
+# --- the ledger's writes, committed in groups ----------------------------------------
+
+# Pending batches recorded per transaction: up to this many, or this many destinations
+# (a campaign of full 1000-destination requests records them one at a time, as before).
+PENDING_GROUP_BATCHES = 100
+PENDING_GROUP_DESTINATIONS = 1000
+MAX_GROUP_WRITES = 256  # status changes committed together at most
+
+
+@dataclass
+class _Write:
+    change: Callable[[], None]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class GroupCommitter:
+    """The send threads' ledger writes, made by one thread that commits whatever is
+    waiting in one transaction.
+
+    Each write is durable before `write` returns, as before (an `in-flight` mark still
+    lands before its request leaves); what changes is that one fsync now covers every
+    write that arrived meanwhile. With one request per destination (local
+    personalisation) at 1,000 TPS, three fsyncs per request would cap the rate at the
+    disk's few hundred commits a second.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, change: Callable[[], None]) -> None:
+        item = _Write(change)
+        self._queue.put(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        closing = False
+        while not closing:
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            while len(items) < MAX_GROUP_WRITES:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                items.append(item)
+            try:
+                with self.ledger.group():
+                    for item in items:
+                        item.change()
+            except BaseException:
+                # The group was rolled back whole: each write again on its own, so each
+                # caller gets its own answer (most are fine; one raised).
+                for item in items:
+                    try:
+                        item.change()
+                    except BaseException as error:
+                        item.error = error
+            for item in items:
+                item.done.set()
+
+
+def _pending_groups(batches: Iterator[Batch]) -> Iterator[list[Batch]]:
+    """Consecutive batches, a few at a time, for `record_pending_many` (one transaction)."""
+    group: list[Batch] = []
+    destinations = 0
+    for batch in batches:
+        group.append(batch)
+        destinations += len(batch.destinations)
+        if len(group) >= PENDING_GROUP_BATCHES or destinations >= PENDING_GROUP_DESTINATIONS:
+            yield group
+            group, destinations = [], 0
+    if group:
+        yield group
+
+
 # --- the send loop -------------------------------------------------------------------
 
 
@@ -260,6 +360,7 @@ class Applier:
         self.result = ApplyResult(campaign.id)
         self.first_departure: float | None = None
         self.last_slot_end = 0.0
+        self._committer: GroupCommitter  # started by `run`, closed when it ends
 
     def run(self, batches: Iterator[Batch]) -> ApplyResult:
         with self._stop_on_signals():
@@ -294,18 +395,24 @@ class Applier:
         started = time.monotonic()
         in_flight: set[Future[None]] = set()
         pool = ThreadPoolExecutor(max_workers=self.policy.max_in_flight, thread_name_prefix="send")
+        self._committer = GroupCommitter(self.ledger)
         try:
-            for batch in batches:
+            for group in _pending_groups(batches):
                 if self.stop.is_set():
                     break
-                if not self._should_send(batch):
-                    continue
-                while len(in_flight) >= self.policy.max_in_flight:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        future.result()
-                # pacing happens in the worker, per attempt: a retry is paced like a first send
-                in_flight.add(pool.submit(self._send_batch, batch))
+                self.ledger.record_pending_many(self.campaign.id, group)
+                statuses = self.ledger.batch_statuses([batch.key for batch in group])
+                for batch in group:
+                    if self.stop.is_set():
+                        break
+                    if not self._should_send(batch, statuses.get(batch.key)):
+                        continue
+                    while len(in_flight) >= self.policy.max_in_flight:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            future.result()
+                    # pacing happens in the worker, per attempt: a retry is paced like a first send
+                    in_flight.add(pool.submit(self._send_batch, batch))
         except KeyboardInterrupt:
             self.stop.set()
             self.result.interrupted = True
@@ -317,6 +424,7 @@ class Applier:
                 self.stop.set()
                 self.result.interrupted = True
                 pool.shutdown(wait=True)
+            self._committer.close()  # after the workers: every write they made is in
             for future in in_flight:
                 if future.done() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
@@ -336,9 +444,9 @@ class Applier:
             self.result.uncertain = summary.batches["uncertain"]
             self.result.uncertain_destinations = summary.destinations["uncertain"]
 
-    def _should_send(self, batch: Batch) -> bool:
-        self.ledger.record_pending(self.campaign.id, batch)
-        status = self.ledger.batch_status(batch.key)
+    def _should_send(self, batch: Batch, status: str | None) -> bool:
+        """Whether to send `batch`, already recorded as pending (with its group), given its
+        ledger status as read once for the group (only this process sends the campaign)."""
         with self.result_lock:
             self.result.planned_batches += 1
             self.result.planned_destinations += len(batch.destinations)
@@ -365,7 +473,7 @@ class Applier:
                 if answer is None:
                     return
                 break
-            self.ledger.mark_in_flight(batch.key, self.run_id)
+            self._committer.write(functools.partial(self.ledger.mark_in_flight, batch.key, self.run_id))
             with self.result_lock:
                 self.result.attempts += 1
             self.limiter.touch(reservation)  # the window counts from the departure, not the fsync
@@ -375,7 +483,9 @@ class Applier:
                 self.log(f"batch {batch.key} attempt {attempt}: {answer.outcome.value}"
                          f" (HTTP {answer.http_status}, code {answer.code}) {answer.message}")
             if answer.outcome is Outcome.ACCEPTED:
-                self.ledger.mark_accepted(batch.key, http_status=answer.http_status or 0, message_id=answer.message_id)
+                self._committer.write(functools.partial(self.ledger.mark_accepted, batch.key,
+                                                        http_status=answer.http_status or 0,
+                                                        message_id=answer.message_id))
                 with self.result_lock:
                     self.result.accepted += 1
                     self.result.accepted_destinations += len(batch.destinations)
@@ -398,12 +508,13 @@ class Applier:
                 break
         assert answer is not None
         if answer.outcome is Outcome.UNCERTAIN:
-            self.ledger.mark_uncertain(batch.key, reason=answer.message)
+            self._committer.write(functools.partial(self.ledger.mark_uncertain, batch.key, reason=answer.message))
             with self.result_lock:
                 self._count_uncertain(batch)
                 self._record_failure(batch, answer)
             return
-        self.ledger.mark_failed(batch.key, http_status=answer.http_status, code=answer.code, message=answer.message)
+        self._committer.write(functools.partial(self.ledger.mark_failed, batch.key, http_status=answer.http_status,
+                                                code=answer.code, message=answer.message))
         with self.result_lock:
             self.result.failed += 1
             self.result.failed_destinations += len(batch.destinations)

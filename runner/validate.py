@@ -46,7 +46,7 @@ from .model import (
 )
 from .msisdn import invalid_reason, normalise_msisdn
 from .recipients import check_source_readable, source_columns
-from .render import BUILTIN_VARIABLES, compile_text
+from .render import BUILTIN_VARIABLES, CompiledText, compile_text
 from .safe_text import control_characters
 from .segments import gsm7_replacement, non_gsm7
 
@@ -392,6 +392,10 @@ def _sender_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagno
 
 def _text_checks(doc: SourceDocument, data: dict[str, Any], used_smartlinks: set[str]) -> Iterator[Diagnostic]:
     has_content, has_template = "content" in data, "template" in data
+    if has_template and data.get("personalisation") == "local":
+        yield _diag(doc, ("personalisation",), "a template is personalised by the platform (its text lives in "
+                    "Webex Connect), so personalisation cannot be local", "personalisation-template",
+                    hint="remove personalisation, or write the text under content to render it here")
     if has_content == has_template:
         message = "use either 'content' or 'template', not both" if has_content else "one of 'content' or 'template' is required"
         yield _diag(doc, ("template",) if has_content else (), message, "content-xor-template", key=has_content)
@@ -428,6 +432,7 @@ def _text_checks(doc: SourceDocument, data: dict[str, Any], used_smartlinks: set
         used_smartlinks |= compiled.smartlink_ids
         if path == ("content", "text"):
             yield from _variable_checks(doc, data, compiled.variables)
+            yield from _personalisation_checks(doc, data, compiled)
 
 
 def _gsm7_hint(char: str) -> str:
@@ -446,6 +451,29 @@ def _tps_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagnosti
     tps = data.get("throughput", {}).get("tps")
     if tps is not None and not 1 <= tps <= vendor.MAX_TPS:
         yield _diag(doc, ("throughput", "tps"), f"tps must be between 1 and {vendor.MAX_TPS}, got {tps}", "tps-range")
+
+
+def _personalisation_checks(doc: SourceDocument, data: dict[str, Any], text: CompiledText) -> Iterator[Diagnostic]:
+    """The mode an inline text is sent in. Local texts are sent literally, so a `$(` in
+    one could be read by the platform as a placeholder (vendor.PLACEHOLDER_OPENER): it is
+    refused here for the text itself, and by compile for a rendered text (a value)."""
+    if data.get("personalisation", "local") == "local":
+        opener = vendor.PLACEHOLDER_OPENER
+        if opener in text.source:
+            yield _diag(doc, ("content", "text"), f"the text contains '{opener}', which Webex Connect may read as "
+                        "the start of a placeholder; it is never sent literally", "placeholder-in-text",
+                        hint="reword it (e.g. '$ (' or 'USD('); a personalised value is a {{ variable }}")
+        return
+    if not text.is_plain:
+        yield _diag(doc, ("personalisation",), "personalisation: platform needs a text with only plain "
+                    "{{ name }} variables; this one uses Jinja2 logic, which only local rendering can run",
+                    "platform-needs-plain-text", hint="remove personalisation (local is the default)")
+    elif text.variables:
+        yield _diag(doc, ("personalisation",), "personalisation: platform relies on Webex Connect filling "
+                    "$(name) placeholders in inline text, which its API v2 reference does not document",
+                    "platform-placeholders", severity=Severity.WARNING,
+                    hint="run `campaign test-send FILE --to YOUR_NUMBER` once to see it on your tenant's "
+                    "handsets, or remove personalisation to render texts here (local, the default)")
 
 
 def parse_timestamp(text: str) -> datetime | None:
@@ -671,4 +699,5 @@ def build_campaign(doc: SourceDocument) -> Campaign:
         smartlinks=tuple(Smartlink(str(s["smartlinkId"]), s.get("validity")) for s in data.get("smartlinks", [])),
         tps=data.get("throughput", {}).get("tps", DEFAULT_TPS),
         source=doc,
+        personalisation="platform" if template else data.get("personalisation", "local"),
     )

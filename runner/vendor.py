@@ -55,8 +55,16 @@ OPTIONS_BOOLEANS_AS_STRINGS: Final = True
 # --- substitutions (fact sheet §5) ---------------------------------------------------
 
 # UNCONFIRMED: `$(name)` is the only documented in-text placeholder (SMS API v1 sample);
-# that v2 SMS text uses the same syntax is likely but unconfirmed.
+# the v2 reference describes `substitutions` as values "typically used for specifying
+# the values for dynamic fields in an SMS template" and shows no in-text placeholder.
+# Whether v2 fills `$(name)` in an inline `content.text` is unknown: only campaigns with
+# `personalisation: platform` rely on it (`campaign test-send` shows it on a tenant);
+# the default, local personalisation, sends final texts and no placeholder.
 PLACEHOLDER_TEMPLATE: Final = "$({name})"
+# UNCONFIRMED: whether the platform reads `$(` in a v2 `content.text` as a placeholder
+# even when the request carries no `substitutions` (and what it then prints). Neither
+# vendor page says; local personalisation therefore never sends it (refused at plan).
+PLACEHOLDER_OPENER: Final = "$("
 SMARTLINK_TOKEN_PREFIX: Final = "smartlink_"
 
 # --- errors (fact sheet §3.3) --------------------------------------------------------

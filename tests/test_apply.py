@@ -63,10 +63,14 @@ def audience(folder: Path, count: int, *, start: int = 0, name: str = "people.cs
     return numbers
 
 
-def csv_campaign(folder: Path, count: int, *, tps: int, text: str = PLAIN_TEXT, **extra: Any) -> tuple[Path, list[str]]:
+def csv_campaign(folder: Path, count: int, *, tps: int, text: str = PLAIN_TEXT, personalisation: str | None = "platform",
+                 **extra: Any) -> tuple[Path, list[str]]:
+    """Platform personalisation by default (few large requests); None = the file's default, local."""
     numbers = audience(folder, count)
     data: dict[str, Any] = {"content": {"text": text}, "substitutions": {"offer": "20% off"},
                             "recipients": [{"file": "people.csv"}], "throughput": {"tps": tps}}
+    if personalisation is not None and "{%" not in text:
+        data["personalisation"] = personalisation
     data.update(extra)
     return write_campaign(folder, data), numbers
 
@@ -250,12 +254,14 @@ def proxy_factory() -> Iterator[Callable[[str], tuple[RecordingProxy, str]]]:
 # --- 1. a full apply, and a re-run that sends nothing -----------------------------------
 
 
-@pytest.mark.parametrize("text,strategy", [(PLAIN_TEXT, "platform"), (LOGIC_TEXT, "local")], ids=["plain", "jinja"])
+@pytest.mark.parametrize("text,personalisation,strategy", [
+    (PLAIN_TEXT, "platform", "platform"), (PLAIN_TEXT, None, "local"), (LOGIC_TEXT, None, "local"),
+], ids=["plain-platform", "plain-default", "jinja"])
 def test_full_apply_sends_every_planned_text_exactly_once(
     tmp_path: Path, sandbox: Sandbox, proxy_factory: Callable[[str], tuple[RecordingProxy, str]],
-    text: str, strategy: str,
+    text: str, personalisation: str | None, strategy: str,
 ) -> None:
-    path, numbers = csv_campaign(tmp_path, 2500, tps=1000, text=text)
+    path, numbers = csv_campaign(tmp_path, 2500, tps=1000, text=text, personalisation=personalisation)
     state = tmp_path / "state.db"
     planned = cli("plan", "--format", "json", "--all", str(path))
     assert planned.returncode == 0, planned.stderr

@@ -112,7 +112,7 @@ def test_plan_of_a_new_campaign_with_its_saved_plan_passes_and_writes_one_commen
     assert body.startswith(MARKER + "\n## Campaign plans\n")
     assert ("- ✅ `campaigns/gamma.yaml`: `campaigns/gamma.plan.json` is current; merging sends exactly this plan"
             in body)
-    assert "Campaign plan: `gamma`" in body
+    assert "### Campaign plan: gamma" in body
     assert "alpha" not in body and "beta" not in body
     assert summary.read_text() == body
 
@@ -135,8 +135,8 @@ def test_a_comment_over_the_limit_keeps_every_status_and_moves_the_plans_to_the_
     assert len(body.encode()) <= 1000
     assert body.count("- ✅ `campaigns/") == 2
     assert "_The plans are too long for one comment: see the job summary and log._" in body
-    assert "Campaign plan: `alpha`" not in body
-    assert "Campaign plan: `alpha`" in summary.read_text() and "Campaign plan: `beta`" in summary.read_text()
+    assert "### Campaign plan: alpha" not in body
+    assert "### Campaign plan: alpha" in summary.read_text() and "### Campaign plan: beta" in summary.read_text()
 
 
 def test_plan_of_a_csv_only_change_without_a_new_plan_fails_naming_the_csv(repo: Path, tmp_path: Path) -> None:

@@ -422,7 +422,7 @@ def test_plan_spring_sale_exact_values(in_root: Path) -> None:
                                     "requests", "messages", "segments", "encodings", "estimatedSeconds",
                                     "sendAt", "tps", "batchSize")} == {
         "campaignId": "spring-sale-2026", "rowsRead": 9, "recipients": 7, "duplicatesDropped": 0, "excluded": 2,
-        "requests": 1, "messages": 7, "segments": 7, "encodings": {"GSM-7": 7}, "estimatedSeconds": 0.07,
+        "requests": 7, "messages": 7, "segments": 7, "encodings": {"GSM-7": 7}, "estimatedSeconds": 0.07,
         "sendAt": None, "tps": 100, "batchSize": 100,
     }
     by_msisdn = {m["msisdn"]: m for m in data["messages"]}
@@ -455,7 +455,7 @@ def test_plan_text_shows_summary_and_table(in_root: Path) -> None:
     out = result.stdout
     assert "Plan for spring-sale-2026" in out
     assert re.search(r"^ *recipients +7 \(9 read, 0 duplicates dropped, 2 excluded\)", out, re.MULTILINE)
-    assert re.search(r"^ *requests +1 \(up to 100 destinations each\)", out, re.MULTILINE)
+    assert re.search(r"^ *requests +7 \(up to 100 destinations each\)", out, re.MULTILINE)  # local: 7 texts
     assert re.search(r"^ *encoding +GSM-7 7", out, re.MULTILINE)
     assert re.search(r"^ *schedule +immediately", out, re.MULTILINE)
     header = next(line for line in out.splitlines() if "correlationId" in line)
@@ -563,15 +563,15 @@ def test_compile_writes_json_lines(in_root: Path) -> None:
     first = invoke("compile", "campaigns/spring-sale.yaml")
     assert first.exit_code == 0 and first.stderr == ""
     bodies = json_lines(first.stdout)
-    assert len(bodies) == 1
+    assert len(bodies) == 7  # local personalisation (the default): one request per distinct text
     body = bodies[0]
     assert (body["channel"], body["from"]) == ("sms", "12025550100")
-    assert body["content"] == {"type": "text", "text": "Hi $(name), $(discount) off everything until Sunday at "
-                                                       "$(store): https://shop.example.com/spring"}
-    assert [entry["msisdn"] for entry in body["to"]] == [[m] for m in (
+    assert body["content"] == {"type": "text", "text": "Hi Ada, 25% off everything until Sunday at "
+                                                       "Fernway: https://shop.example.com/spring"}
+    assert [entry["msisdn"] for body in bodies for entry in body["to"]] == [[m] for m in (
         "+447911000123", "+447911000001", "+447911000002", "+14155550101", "+14155550102", "+61491570156",
         "+447911000003")]
-    assert body["substitutions"] == {"discount": "20%", "store": "Fernway"}
+    assert not any("substitutions" in body for body in bodies)
     second = invoke("compile", "campaigns/spring-sale.yaml")
     assert second.stdout_bytes == first.stdout_bytes
 
@@ -598,8 +598,8 @@ def test_compile_every_example_is_deterministic(in_root: Path, example: str) -> 
 @pytest.mark.parametrize(("tps", "count", "sizes"), [(3, 7, [3, 3, 1]), (5000, 2500, [1000, 1000, 500])])
 def test_compile_batch_size_is_min_of_1000_and_tps(in_tmp: Path, tps: int, count: int, sizes: list[int]) -> None:
     write_csv(in_tmp / "audience.csv", ["msisdn", "name"], [[number(i), f"P{i}"] for i in range(count)])
-    write_campaign(in_tmp, {"content": {"text": "Hi {{ name }}"}, "recipients": [{"file": "audience.csv"}],
-                            "throughput": {"tps": tps}}, "sized.yaml")
+    write_campaign(in_tmp, {"content": {"text": "Hi {{ name }}"}, "personalisation": "platform",
+                            "recipients": [{"file": "audience.csv"}], "throughput": {"tps": tps}}, "sized.yaml")
     result = invoke("compile", "sized.yaml")
     assert result.exit_code == 0
     bodies = json_lines(result.stdout)
@@ -618,8 +618,8 @@ def test_compile_output_file(in_root: Path, tmp_path: Path) -> None:
 def _campaign_with_bad_last_row(folder: Path) -> Path:
     rows = [[number(i), f"P{i}"] for i in range(9)] + [["+44 12", "Broken"]]
     write_csv(folder / "audience.csv", ["msisdn", "name"], rows)
-    return write_campaign(folder, {"content": {"text": "Hi {{ name }}"}, "recipients": [{"file": "audience.csv"}],
-                                   "throughput": {"tps": 2}}, "late.yaml")
+    return write_campaign(folder, {"content": {"text": "Hi {{ name }}"}, "personalisation": "platform",
+                                   "recipients": [{"file": "audience.csv"}], "throughput": {"tps": 2}}, "late.yaml")
 
 
 def test_compile_failing_midway_leaves_nothing_real_process(tmp_path: Path) -> None:
@@ -679,7 +679,8 @@ def test_compile_v1_one_flat_body_per_destination(in_root: Path) -> None:
         assert isinstance(body["content"], str)
     assert [b["contentType"] for b in bodies] == ["text", "text", "unicode"]
     assert bodies[0]["correlationId"] == "welcome-ada"
-    assert bodies[2]["substitutions"] == {"code": "FW-1003", "name": "Zoë"}
+    assert "substitutions" not in bodies[2]  # local personalisation: the final text
+    assert bodies[2]["content"].startswith("Welcome to Fernway Rewards, Zoë! Your member code is FW-1003.")
 
 
 def test_compile_v1_refuses_black_friday(in_root: Path) -> None:

@@ -31,10 +31,11 @@ def layered_campaign(folder: Path, text: str = PLAIN) -> Path:
     return folder / "people.csv"
 
 
-def layered(folder: Path, text: str = PLAIN) -> Compiler:
+def layered(folder: Path, text: str = PLAIN, personalisation: str = "platform") -> Compiler:
     layered_campaign(folder)
     campaign = campaign_from(folder, {
         "content": {"text": text},
+        **({"personalisation": personalisation} if "{%" not in text and "|" not in text else {}),
         "substitutions": {"offer": "10%", "store": "Main St", "region": "north"},
         "recipients": [
             {"file": "people.csv", "substitutions": {"offer": "20%", "store": "Online"}},
@@ -106,6 +107,7 @@ def compile_both_ways(campaign: Campaign) -> tuple[Any, Any]:
     return outcomes[0], outcomes[1]
 
 
+@pytest.mark.parametrize("personalisation", ["platform", "local"])
 @pytest.mark.parametrize(("text", "first_values"), [
     ("Hi {{ name }}, {{ tier }} at {{ store }}", {"name": "Ann", "tier": "gold"}),
     ("{{ tier }}: {{ store }} for {{ name }} ({{ msisdn }})",  # a built-in: no row is common
@@ -114,7 +116,8 @@ def compile_both_ways(campaign: Campaign) -> tuple[Any, Any]:
     ("{% set name = name | upper %}Hi {{ name }}, {{ tier }}", None),  # logic that reads a column it sets
 ])
 def test_streamed_rows_compile_like_planned_recipients(tmp_path: Path, text: str,
-                                                       first_values: dict[str, str] | None) -> None:
+                                                       first_values: dict[str, str] | None,
+                                                       personalisation: str) -> None:
     write_csv(tmp_path / "a.csv", ["tier", "msisdn", "unused", "name"], [
         ["gold", number(1), "x", "Ann"],  # the common row: its values are the personal ones
         ["silver", number(2), "", "Bob"],
@@ -130,6 +133,7 @@ def test_streamed_rows_compile_like_planned_recipients(tmp_path: Path, text: str
         f'{{"name": "Hal", "tier": "gold", "msisdn": "{number(8)}"}}\n', encoding="utf-8")
     campaign = campaign_from(tmp_path, {
         "content": {"text": text},
+        **({"personalisation": personalisation} if first_values is not None else {}),
         "substitutions": {"store": "Fernway"},
         "recipients": [{"file": "a.csv"}, {"file": "b.csv", "substitutions": {"tier": "source"}},
                        {"file": "c.jsonl"}, {"msisdn": number(9), "substitutions": {"name": "Ivy", "tier": "vip"}}],
@@ -140,6 +144,11 @@ def test_streamed_rows_compile_like_planned_recipients(tmp_path: Path, text: str
     wires = streamed[0]
     if first_values is None:  # rendered here: Ann's own text, upper-cased by the template
         assert '"text":"Hi ANN, gold"' in wires[0]
+        return
+    if personalisation == "local":  # 8 distinct texts, so 8 requests, each a final text
+        assert len(wires) == 8
+        assert not any("substitutions" in wire or "$(" in wire for wire in wires)
+        assert '"to":[{"msisdn":["%s"]' % number(1) in wires[0]
         return
     assert len(wires) == 4  # 7 GSM-7 messages in batches of 3, 1 UCS-2
     first = json.dumps({"msisdn": [number(1)], "substitutions": first_values}, separators=(",", ":"))[:-1]
@@ -152,6 +161,7 @@ def test_smartlink_tokens_pass_through_whatever_a_column_says(tmp_path: Path) ->
     write_csv(tmp_path / "a.csv", ["msisdn", "name", "smartlink_4371"], [[number(1), "Ann", "\u2019"],
                                                                         [number(2), "Bob", ""]])
     campaign = campaign_from(tmp_path, {
+        "personalisation": "platform",
         "content": {"text": "Hi {{ name }} {{ smartlink_4371 }}"},
         "substitutions": {"smartlink_4371": "campaign"},
         "smartlinks": [{"smartlinkId": "4371", "validity": 1}],
@@ -193,6 +203,7 @@ def test_a_true_value_is_not_the_campaigns_1(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text(f'{{"msisdn": "{number(1)}", "flag": true}}\n'
                                       f'{{"msisdn": "{number(2)}", "flag": 1}}\n', encoding="utf-8")
     campaign = campaign_from(tmp_path, {"content": {"text": "{{ flag }}"}, "substitutions": {"flag": 1},
+                                        "personalisation": "platform",
                                         "recipients": [{"file": "a.jsonl"}]})
     streamed, planned = compile_both_ways(campaign)
     assert streamed == planned
@@ -205,6 +216,7 @@ def test_a_true_value_is_not_the_campaigns_1(tmp_path: Path) -> None:
                                 max_size=12), min_size=3, max_size=3))
 def test_strategies_agree_for_arbitrary_values(tmp_path: Path, values: list[str]) -> None:
     campaign = campaign_from(tmp_path, {
+        "personalisation": "platform",
         "content": {"text": "{{ a }}-{{ b }}-{{ a }}"},
         "substitutions": {"a": values[0], "b": values[1]},
         "recipients": [{"msisdn": number(1), "substitutions": {"b": values[2]}}, {"msisdn": number(2)}],
@@ -290,7 +302,7 @@ def test_smartlink_token_passes_through_verbatim(tmp_path: Path) -> None:
     })
     compiler = Compiler(campaign)
     [batch] = list(compiler.iter_batches())
-    assert batch.body["content"]["text"] == "Hi $(name): {{smartlink_4371}}"
+    assert batch.body["content"]["text"] == "Hi Ann: {{smartlink_4371}}"  # local: the final text
     assert batch.body["smartlinks"] == [{"smartlinkId": "4371", "validity": 1}]
     assert [m.text for m in Compiler(campaign).iter_messages()] == ["Hi Ann: {{smartlink_4371}}"]
 

@@ -228,7 +228,8 @@ def test_github_plan_warnings_are_annotations(in_tmp: Path) -> None:
     assert ("::warning file=aud.csv,line=4,title=control-character::value of 'name' holds control characters "
             "U+001B, U+0007, U+000D (hint: an SMS should not carry control characters; remove them from the file)"
             ) in out.splitlines()
-    assert out.splitlines()[-1] == "plan hostile: 5 recipients, 2 requests, 5 messages, 5 segments, 5 warnings"
+    # local personalisation: five distinct final texts, one request each
+    assert out.splitlines()[-1] == "plan hostile: 5 recipients, 5 requests, 5 messages, 5 segments, 5 warnings"
 
 
 def test_github_apply_failures_are_annotations_with_numbers_masked() -> None:
