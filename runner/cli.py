@@ -23,6 +23,7 @@ import click
 
 from . import __version__
 from .errors import CampaignError, ExitCode
+from .files import WRITE_FAILURE_ERRNOS
 
 def redact_env_secrets(text: str) -> str:
     """Whatever the CLI prints passes through here: no credential from the environment survives."""
@@ -53,7 +54,12 @@ def _freeze_imports() -> None:
 def error_handler(show_traceback: bool = False) -> Iterator[None]:
     """The one place errors become exit codes (after pre-commit's error_handler)."""
     try:
-        yield
+        try:
+            yield
+        except SystemExit:
+            sys.stdout.flush()  # buffered output fails here, not at interpreter exit, where no one reports it
+            raise
+        sys.stdout.flush()
     except CampaignError as error:
         message = error.message if ": error: " in error.message else f"error: {error.message}"
         _fail(message, int(error.exit_code), error.hint)
@@ -63,14 +69,38 @@ def error_handler(show_traceback: bool = False) -> Iterator[None]:
         raise
     except click.ClickException:
         raise
+    except BrokenPipeError:
+        _stop_quietly()
+    except OSError as error:
+        if error.errno not in WRITE_FAILURE_ERRNOS:
+            _unexpected(error, show_traceback)
+        where = f"cannot write {error.filename}" if error.filename else "cannot write output"
+        _fail(f"error: {where}: {error.strerror or type(error).__name__}", int(ExitCode.IO_ERROR),
+              "free some space (or fix the device) and run it again")
     except Exception as error:  # a bug: say so plainly
-        if show_traceback:
-            click.echo(redact_env_secrets(traceback.format_exc()), err=True)
-        _fail(
-            f"campaign: unexpected error (a bug in campaign-runner): {type(error).__name__}: {error}",
-            int(ExitCode.INTERNAL),
-            None if show_traceback else "rerun with --traceback and report it",
-        )
+        _unexpected(error, show_traceback)
+
+
+def _stop_quietly() -> NoReturn:
+    """The reader of stdout went away (`campaign compile ... | head -1`): stop, as Unix tools do,
+    without a word and with exit 0 (the reader asked for no more). stdout is pointed at
+    /dev/null first, so the interpreter's own final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real descriptor behind stdout (tests): nothing left to flush
+        pass
+    sys.exit(int(ExitCode.OK))
+
+
+def _unexpected(error: BaseException, show_traceback: bool) -> NoReturn:
+    if show_traceback:
+        click.echo(redact_env_secrets(traceback.format_exc()), err=True)
+    _fail(
+        f"campaign: unexpected error (a bug in campaign-runner): {type(error).__name__}: {error}",
+        int(ExitCode.INTERNAL),
+        None if show_traceback else "rerun with --traceback and report it",
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -155,8 +185,9 @@ def plan(file: Path, api: str, show_all: bool, output_format: str, strict: bool)
 
 @cli.command(name="compile")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write JSON Lines here instead of stdout (replaced only when complete).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=None,
+              help="Write JSON Lines here instead of stdout (replaced only when complete; a symlink is written "
+                   "through; a device, FIFO, folder or one of the campaign's own files is refused). - is stdout.")
 @API_OPTION
 def compile_command(file: Path, output: Path | None, api: str) -> None:
     """Write the exact request bodies, one JSON object per line."""
@@ -165,7 +196,7 @@ def compile_command(file: Path, output: Path | None, api: str) -> None:
 
         _freeze_imports()
 
-        settings = CompileSettings(file, output, "v1" if api == "v1" else "v2")
+        settings = CompileSettings(file, None if output == Path("-") else output, "v1" if api == "v1" else "v2")
         sys.exit(run_compile(settings, now=now_utc(), out=_stdout()))
 
 

@@ -6,6 +6,8 @@ here, callable (and tested) without click. Each function returns the exit code.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from .compile import Compiler
 from .errors import CampaignError, ExitCode
+from .files import WRITE_FAILURE_ERRNOS, kind_of
 from .model import Api, Campaign
 from .plan import DEFAULT_SHOWN, build_plan
 from .validate import load_campaign, validate_paths
@@ -84,18 +87,69 @@ def run_compile(settings: CompileSettings, *, now: datetime, out: TextIO) -> Exi
         for wire in compiler.iter_wire():
             out.write(wire + "\n")
         return ExitCode.OK
-    partial = settings.output.with_name(settings.output.name + ".partial")
+    target = output_target(settings.output, campaign_inputs(settings.file, campaign))
+    partial = target.with_name(target.name + ".partial")
     try:
-        with partial.open("w", encoding="utf-8", newline="\n") as sink:
+        partial.unlink(missing_ok=True)  # a stale one from a killed run; never written through
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        with open(descriptor, "w", encoding="utf-8", newline="\n") as sink:
             for wire in compiler.iter_wire():
                 sink.write(wire + "\n")
-        partial.replace(settings.output)
+        partial.replace(target)
     except OSError as error:
-        raise CampaignError(f"cannot write {settings.output}: {error.strerror or error}", exit_code=ExitCode.USAGE,
-                            hint="-o must name a file in an existing, writable folder") from None
+        code = ExitCode.IO_ERROR if error.errno in WRITE_FAILURE_ERRNOS else ExitCode.USAGE
+        hint = ("free some space (or fix the device) and run it again" if code is ExitCode.IO_ERROR
+                else "-o must name a file in an existing, writable folder")
+        raise CampaignError(f"cannot write {settings.output}: {error.strerror or error}", exit_code=code,
+                            hint=hint) from None
     finally:
         partial.unlink(missing_ok=True)
     return ExitCode.OK
+
+
+def campaign_inputs(campaign_file: Path, campaign: Campaign) -> list[Path]:
+    """The files a campaign is made of: `compile -o` must never overwrite one of them."""
+    from .model import RecipientFile
+
+    files = [source.path for source in (*campaign.recipients, *campaign.exclude) if isinstance(source, RecipientFile)]
+    return [campaign_file, *files]
+
+
+def output_target(output: Path, inputs: list[Path]) -> Path:
+    """The file `compile -o OUTPUT` may replace, or a usage error.
+
+    A symlink is written through (its target is replaced, the link stays); a device,
+    FIFO or folder is refused rather than replaced by a regular file (as root,
+    `-o /dev/full` used to turn the device into a file); so is any of the campaign's
+    own inputs, compared after resolving links, so `-o campaign.yaml` cannot destroy it.
+    """
+    def refuse(reason: str, hint: str) -> CampaignError:
+        return CampaignError(f"cannot write {output}: {reason}", exit_code=ExitCode.USAGE, hint=hint)
+
+    try:
+        target = output.resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise refuse(getattr(error, "strerror", None) or "the path cannot be resolved",
+                     "-o must name a regular file or a new one") from None
+    try:
+        mode: int | None = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as error:
+        raise refuse(error.strerror or str(error), "-o must name a file in an existing, writable folder") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise refuse("it is a directory", "-o names the file to write, e.g. -o requests.jsonl")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise refuse(f"it is {kind_of(mode)}, not a regular file",
+                     "-o replaces a regular file; for stdout leave -o out or write -o -")
+    for source in inputs:
+        try:
+            same = source.resolve() == target or (mode is not None and os.path.samefile(source, target))
+        except (OSError, RuntimeError):
+            same = False
+        if same:
+            raise refuse("it is one of the campaign's own input files", "write the requests to a new file")
+    return target
 
 
 # --- apply, status, sandbox, receipts ---------------------------------------------------

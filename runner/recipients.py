@@ -16,11 +16,13 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
 from runner.errors import CampaignError, ExitCode
+from runner.files import FileRefused, open_regular, os_reason
 from runner.model import (
     Campaign,
     InlineRecipient,
@@ -65,30 +67,23 @@ def _error(location: Location, message: str) -> CampaignError:
     return CampaignError(f"{location}: error: {message} [{ROW_RULE}]", exit_code=ExitCode.INVALID)
 
 
-def _open_problem(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "it is a directory"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return exc.strerror or str(exc)
-
-
-def _open(source: RecipientFile) -> IO[str]:
+def _open(source: RecipientFile, errors: str = "strict") -> IO[str]:
     """Text mode with `utf-8-sig` so a BOM from Excel is dropped, `newline=""` so the
-    csv module sees quoted line breaks as written."""
+    csv module sees quoted line breaks as written. Regular files only (see runner.files):
+    a FIFO or a device named by a campaign must not hang or flood the run."""
     try:
-        return open(source.path, encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        reason = f"cannot read {source.format} file {source.display_name} ({source.path}): {_open_problem(exc)}"
-        raise _error(source.location, reason) from exc
+        raw = open_regular(source.path)
+    except (OSError, FileRefused) as exc:
+        problem = exc.reason if isinstance(exc, FileRefused) else os_reason(exc)
+        reason = f"cannot read {source.format} file {source.display_name} ({source.path}): {problem}"
+        raise _error(source.location, reason) from None
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors, newline="")
 
 
 def _decode_error(source: RecipientFile, exc: UnicodeDecodeError) -> CampaignError:
     """The text layer decodes in chunks, so the failing offset says nothing about the
     line; a second, tolerant pass finds the first line holding an undecodable byte."""
-    with open(source.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+    with _open(source, errors="surrogateescape") as handle:
         for number, line in enumerate(handle, 1):
             try:
                 line.encode("utf-8")
@@ -188,6 +183,9 @@ def _describe(value: Any) -> str:
     return "an object"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -201,8 +199,18 @@ def _json_object(text: str, field: str) -> dict[str, Any] | str:
         return f"invalid JSON: {exc.msg} (column {exc.pos + 1})"
     except ValueError as exc:
         return f"invalid JSON: {exc}"
+    except RecursionError:
+        return "invalid JSON: nested too deeply"
     if not isinstance(obj, dict):
         return f"expected a JSON object, found {_describe(obj)}"
+    if "\\u" in text:  # only an escape can carry a lone surrogate: the line itself was valid UTF-8
+        for key, value in obj.items():
+            for part in (key, value):
+                found = _SURROGATE.search(part) if isinstance(part, str) else None
+                if found is not None:
+                    named = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                    return (f"{named!r} holds a lone surrogate \\u{ord(found.group()):04x}, which is not "
+                            "Unicode (half of an escaped emoji?)")
     if field not in obj:
         keys = ", ".join(obj) or "none"
         return f"missing number: no {field!r} key (keys: {keys})"
@@ -294,10 +302,10 @@ def expected_rows(sources: Iterable[object]) -> int:
             rows += 1
             continue
         try:
-            with open(source.path, "rb") as handle:
+            with open_regular(source.path) as handle:
                 head = handle.read(_PEEK_BYTES)
                 size = os.fstat(handle.fileno()).st_size
-        except OSError:
+        except (OSError, FileRefused):
             continue  # reading it will say what is wrong
         lines = head.count(b"\n") or len(head) // 12  # no line break at all: assume short rows
         rows += size * max(lines, 1) // max(len(head), 1)
@@ -423,11 +431,13 @@ def peek_source(source: RecipientFile) -> tuple[str | None, frozenset[str] | Non
     The reason leaves out the file name (validate puts it in front) but keeps the line.
     """
     try:
-        with open(source.path, "rb") as handle:
+        with open_regular(source.path) as handle:
             head = handle.read(_PEEK_BYTES)
             complete = len(head) < _PEEK_BYTES
+    except FileRefused as exc:
+        return f"cannot read {source.path}: {exc.reason}", None
     except OSError as exc:
-        return f"cannot read {source.path}: {_open_problem(exc)}", None
+        return f"cannot read {source.path}: {os_reason(exc)}", None
     head = head.removeprefix(codecs.BOM_UTF8)
     # Cut at the last line break so a multi-byte character split by the read limit
     # is not reported as bad encoding.

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from runner import vendor
+from runner.errors import CampaignError, ExitCode
 from runner.sandbox_checks import Plan, Reject, invalid, meaning, parse_json, validate_v1, validate_v2
 from runner.segments import count as count_segments
 from runner.vendor import (
@@ -604,11 +605,21 @@ class _Handler(BaseHTTPRequestHandler):
 def serve(settings: SandboxSettings, *, ready: Callable[[str], None] | None = None) -> None:
     """Block the calling thread: the `campaign sandbox` command has nothing else to do,
     and Ctrl-C is its normal way out."""
-    with Sandbox(settings) as sandbox:
+    sandbox = Sandbox(settings)
+    try:
+        sandbox.start()
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        raise CampaignError(
+            f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}",
+            exit_code=ExitCode.USAGE,
+            hint="pick another --port, or --port 0 for a free one",
+        ) from None
+    try:
         if ready is not None:
             ready(sandbox.url)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            return
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
+    finally:
+        sandbox.stop()
