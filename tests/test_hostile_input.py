@@ -13,12 +13,13 @@ import os
 import resource
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from runner.client import Credentials
+from runner.client import ApiClient, Credentials
 from runner.commands import CompileSettings, run_compile
 from runner.errors import CampaignError, ExitCode
 from runner.load import MAX_FILE_BYTES, load_document
@@ -412,3 +413,28 @@ def test_many_plain_values_blame_size_not_aliases(tmp_path: Path, monkeypatch: p
     assert document is None
     assert [d.rule for d in diagnostics] == ["yaml-too-large"]
     assert "alias" not in str(diagnostics[0]) and "recipient file" in str(diagnostics[0])
+
+
+# --- 2. redaction happens before any cut ----------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [150, 176, 190, 199, 480, 495])
+def test_a_long_vendor_answer_never_leaks_part_of_the_key(offset: int) -> None:
+    from tests.test_client import SECRET_KEY, ScriptedServer, make_batch, reply
+
+    assert len(SECRET_KEY) == 25
+    server = ScriptedServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        for body in (("x" * offset + SECRET_KEY + "y" * 600).encode(),  # not JSON: shown as a snippet
+                     json.dumps({"code": "7004", "message": "x" * offset + SECRET_KEY + "y" * 600}).encode()):
+            server.script.answers.append(reply(502, body))
+            with ApiClient(server.url, Credentials(service_key=SECRET_KEY), timeout=5) as client:
+                answer = client.send(make_batch())
+            for length in range(6, len(SECRET_KEY) + 1):  # no 6 consecutive characters of it
+                for start in range(0, len(SECRET_KEY) - length + 1):
+                    assert SECRET_KEY[start:start + length] not in answer.message, (offset, answer.message)
+    finally:
+        server.shutdown()
+        server.server_close()
