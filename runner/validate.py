@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -490,7 +491,7 @@ def _variable_checks(doc: SourceDocument, data: dict[str, Any], variables: froze
             subject = f"recipient {item['msisdn']}"
         else:
             source = _file_source(doc, ("recipients", index), item)
-            if not _inside_repository(doc, source):
+            if not _inside_repository(doc, source) or _names_a_secret_file(source) is not None:
                 continue  # never opened: reported by _file_check
             columns = source_columns(source)
             if columns is None:
@@ -516,9 +517,29 @@ def _file_check(doc: SourceDocument, path: JsonPath, source: RecipientFile) -> I
                     hint="recipient and exclude files must be inside the repository that holds the campaign (the "
                     "nearest folder with .git, else the campaign file's folder); symlinks are followed")
         return
+    secret_variable = _names_a_secret_file(source)
+    if secret_variable is not None:
+        yield _diag(doc, (*path, "file"), f"{source.display_name}: the file is the one {secret_variable} names",
+                    "file-outside-repo", hint="a recipient file must not be a credential file")
+        return
     problem = check_source_readable(source)
     if problem:
         yield _diag(doc, (*path, "file"), f"{source.display_name}: {problem}", "recipient-file")
+
+
+# The variables runner/client.py reads (not imported: that would load httpx into validate).
+SECRET_FILE_VARIABLES = ("WEBEX_CONNECT_SERVICE_KEY_FILE", "WEBEX_CONNECT_JWT_FILE")
+
+
+def _names_a_secret_file(source: RecipientFile) -> str | None:
+    """The credential variable whose file this is, if any: a key file kept inside the
+    repository (ignored by git) would otherwise be printed as "columns: ..."."""
+    target = _resolved(source.path)
+    for variable in SECRET_FILE_VARIABLES:
+        named = os.environ.get(variable, "").strip()
+        if target is not None and named and _resolved(Path(named)) == target:
+            return variable
+    return None
 
 
 def campaign_root(campaign_path: Path) -> Path:

@@ -106,6 +106,24 @@ def test_recipient_file_outside_the_repository_is_refused_unread(repo: Path, how
         assert_not_leaked(result.stdout, result.stderr)
 
 
+@pytest.mark.parametrize("variable", ["WEBEX_CONNECT_SERVICE_KEY_FILE", "WEBEX_CONNECT_JWT_FILE"])
+def test_the_credential_file_inside_the_repository_is_refused_unread(repo: Path, variable: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (repo / ".secrets").mkdir()
+    (repo / ".secrets" / "key").write_text(f"{PLANTED}\n", encoding="utf-8")
+    (repo / "data" / "audience.csv").symlink_to("../.secrets/key")
+    write_campaign(repo / "campaigns", campaign_text([{"file": "../.secrets/key"}, {"file": "../data/audience.csv"}]))
+    monkeypatch.chdir(repo)
+    env = {variable: str(repo / ".secrets" / "key")}
+    for output_format in FORMATS:
+        result = invoke("validate", "--format", output_format, "campaigns/campaign.yaml", env=env)
+        assert result.exit_code == ExitCode.INVALID
+        assert_not_leaked(result.stdout, result.stderr)
+    errors = [line for line in invoke("validate", "campaigns/campaign.yaml", env=env).stdout.splitlines()
+              if ": error: " in line]
+    assert len(errors) == 2 and all(f"the file is the one {variable} names" in line for line in errors)
+
+
 def test_without_git_the_campaign_folder_is_the_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "campaigns").mkdir()
     write_csv(tmp_path / "audience.csv", ["msisdn", "name"], [[number(1), "Ada"]])
