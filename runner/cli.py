@@ -27,13 +27,23 @@ from .files import WRITE_FAILURE_ERRNOS
 
 def redact_env_secrets(text: str) -> str:
     """Whatever the CLI prints passes through here: no credential from the environment survives."""
+    redactor = _env_redactor()
+    return text if redactor is None else redactor(text)
+
+
+def _env_redactor() -> Callable[[str], str] | None:
+    """A function redacting the environment's credentials, or None when none are set
+    (read once, so a stream can redact every write without reading files again)."""
     from .client import JWT_ENV, SERVICE_KEY_ENV, Credentials, redact
 
     try:
         secrets = Credentials.from_env(os.environ).secrets
     except CampaignError:  # unreadable or conflicting settings: redact the raw values at least
         secrets = tuple(v for v in (os.environ.get(SERVICE_KEY_ENV), os.environ.get(JWT_ENV)) if v)
-    return redact(text, Credentials(*secrets[:2])) if secrets else text
+    if not secrets:
+        return None
+    credentials = Credentials(*secrets[:2])
+    return lambda text: redact(text, credentials)
 
 
 def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
@@ -159,7 +169,8 @@ def validate(paths: tuple[Path, ...], output_format: str, strict: bool) -> None:
     with _handler():
         from .commands import ValidateSettings, run_validate
 
-        sys.exit(run_validate(ValidateSettings(paths, output_format, strict), now=now_utc(), out=_stdout()))
+        sys.exit(run_validate(ValidateSettings(paths, output_format, strict), now=now_utc(), out=_stdout(),
+                              redact=_env_redactor()))
 
 
 API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
@@ -180,7 +191,7 @@ def plan(file: Path, api: str, show_all: bool, output_format: str, strict: bool)
         _freeze_imports()
 
         settings = PlanSettings(file, "v1" if api == "v1" else "v2", show_all, output_format, strict)
-        sys.exit(run_plan(settings, now=now_utc(), out=_stdout()))
+        sys.exit(run_plan(settings, now=now_utc(), out=_stdout(), redact=_env_redactor()))
 
 
 @cli.command(name="compile")

@@ -11,7 +11,7 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, TextIO
 from .compile import Compiler
 from .errors import CampaignError, ExitCode
 from .files import WRITE_FAILURE_ERRNOS, kind_of
-from .model import Api, Campaign
+from .model import Api, Campaign, Diagnostic
 from .plan import DEFAULT_SHOWN, build_plan
-from .validate import load_campaign, validate_paths
+from .validate import ValidationResult, load_campaign, validate_paths
 
 # The sending side (httpx, the ledger, the sandbox server) and the reporters (rich) are
 # imported where they are used, so `validate`, `plan` and `compile` in a pipeline do not
@@ -48,10 +48,17 @@ class ValidateSettings:
     strict: bool = False
 
 
-def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> ExitCode:
+# Redacts the environment's credentials from a text (see cli._env_redactor).
+Redact = Callable[[str], str]
+
+
+def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO, redact: Redact | None = None) -> ExitCode:
     result = validate_paths(settings.paths, now=now, strict=settings.strict)
     if not result.files:
         raise CampaignError("no campaign files (*.yaml, *.yml) found", exit_code=ExitCode.USAGE)
+    if redact is not None:
+        result = ValidationResult(tuple(
+            replace(f, diagnostics=tuple(_redacted(d, redact) for d in f.diagnostics)) for f in result.files))
     _reporter(settings.output_format, out).validation(result)
     return ExitCode.OK if result.ok else ExitCode.INVALID
 
@@ -65,11 +72,23 @@ class PlanSettings:
     strict: bool = False
 
 
-def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO) -> ExitCode:
+def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, redact: Redact | None = None) -> ExitCode:
     campaign, warnings = load_campaign(settings.file, now=now, strict=settings.strict)
     plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
+    if redact is not None:
+        plan = replace(plan, warnings=tuple(_redacted(w, redact) for w in plan.warnings), messages=tuple(
+            replace(m, text=redact(m.text), correlation_id=redact(m.correlation_id)) for m in plan.messages))
     _reporter(settings.output_format, out).plan(plan, show_all=settings.show_all)
     return ExitCode.OK
+
+
+def _redacted(diagnostic: Diagnostic, redact: Redact) -> Diagnostic:
+    """Redacted before any reporter wraps or cuts it: validate and plan output goes into CI
+    logs and review comments, and a key that reached a file in the repository (a CSV
+    header, a value) must not go on; a cut or a line wrapped by a table first would
+    leave part of it."""
+    hint = redact(diagnostic.hint) if diagnostic.hint else diagnostic.hint
+    return replace(diagnostic, message=redact(diagnostic.message), hint=hint)
 
 
 @dataclass(frozen=True)

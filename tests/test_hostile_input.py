@@ -124,6 +124,27 @@ def test_the_credential_file_inside_the_repository_is_refused_unread(repo: Path,
     assert len(errors) == 2 and all(f"the file is the one {variable} names" in line for line in errors)
 
 
+def test_validate_and_plan_output_redacts_the_environment_key(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key that reached a file in the repository (a header, a value) is not passed on to a review comment."""
+    # a long value: the text table wraps it over lines, and markdown cuts long cells
+    write_csv(repo / "data" / "people.csv", ["msisdn", "name", PLANTED], [[number(1), "x" * 150 + PLANTED, "x"]])
+    write_campaign(repo / "campaigns", {"content": {"text": "Hi {{ name }} {{ missing }}"},
+                                        "recipients": [{"file": "../data/people.csv"}]})
+    monkeypatch.chdir(repo)
+    env = {"WEBEX_CONNECT_SERVICE_KEY": PLANTED}
+    for output_format in FORMATS:
+        result = invoke("validate", "--format", output_format, "campaigns/campaign.yaml", env=env)
+        assert result.exit_code == ExitCode.INVALID and "missing-variable" in result.stdout
+        assert "***" in result.stdout  # the header, as "columns: ***, name"
+        assert_not_leaked(result.stdout, result.stderr)
+    write_campaign(repo / "campaigns", {"content": {"text": "Hi {{ name }}"},
+                                        "recipients": [{"file": "../data/people.csv"}]})
+    for output_format in ("text", "json", "markdown"):
+        result = invoke("plan", "--format", output_format, "campaigns/campaign.yaml", env=env)
+        assert result.exit_code == ExitCode.OK and "***" in result.stdout
+        assert_not_leaked(result.stdout, result.stderr)
+
+
 def test_without_git_the_campaign_folder_is_the_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "campaigns").mkdir()
     write_csv(tmp_path / "audience.csv", ["msisdn", "name"], [[number(1), "Ada"]])
