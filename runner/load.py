@@ -432,7 +432,8 @@ class _Builder:
             self.diagnostics.append(
                 _error(
                     _loc(self.name, node.start_mark),
-                    f"{_shown(str(node.value))} cannot be read as {_KINDS[tag]}",
+                    # the value is not quoted: it may sit under a credential-like key
+                    f"this value cannot be read as {_KINDS[tag]} (it is tagged {_short_tag(tag)})",
                     "yaml-bad-value",
                     "quote it to keep it as text",
                 )
@@ -477,12 +478,6 @@ def _syntax_error(error: MarkedYAMLError, text: str, name: str) -> Diagnostic:
     if hint is None and error.context and context is not None and context.index != mark.index:
         hint = f"{' '.join(error.context.split())} at line {context.line + 1}, column {context.column + 1}"
     return _error(_loc(name, mark), message, "yaml-syntax", hint)
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """A value as a diagnostic prints it: cut, since it may be long or a pasted secret."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 1] + f"… ({len(text):,} characters)"
 
 
 def _first_line(error: yaml.YAMLError) -> str:

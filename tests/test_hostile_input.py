@@ -223,7 +223,7 @@ def test_schema_error_does_not_echo_a_key_under_a_credential_name(tmp_path: Path
     (tmp_path / "c.yaml").write_text(
         "version: 1\nid: leak\nfrom: {serviceKey: " + PLANTED + "}\ncontent: {text: hi}\n"
         "recipients: [{msisdn: \"+447911000123\"}]\noptions: {domain: https://x.example, tag1: {token: "
-        + PLANTED + "}}\n", encoding="utf-8")
+        + PLANTED + "}}\ncontactPolicy: {jwt: !!int " + PLANTED + "}\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     for output_format in FORMATS:
         result = invoke("validate", "--format", output_format, "c.yaml")
@@ -231,6 +231,7 @@ def test_schema_error_does_not_echo_a_key_under_a_credential_name(tmp_path: Path
         assert_not_leaked(result.stdout, result.stderr)
     text = invoke("validate", "c.yaml").stdout
     assert "c.yaml:3:7: error: from: an object is not of type 'string' [schema.type]" in text
+    assert "c.yaml:7:22: error: this value cannot be read as an integer (it is tagged !!int) [yaml-bad-value]" in text
     assert "secret-in-file" in text
     result = invoke("plan", "c.yaml")
     assert result.exit_code == ExitCode.INVALID
