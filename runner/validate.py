@@ -306,6 +306,9 @@ def _yaml_trap(doc: SourceDocument, path: JsonPath, value: Any) -> Diagnostic:
                      "yaml-boolean-word", hint=f'quote it: "{raw}"')
     if isinstance(value, (int, float)):
         lost = " (leading '+' or '0' lost)" if raw.lstrip().startswith(("+", "0")) else ""
+        if len(raw) > SHOWN_VALUE_CHARS:  # a number of thousands of digits: say so, not print it twice
+            return _diag(doc, path, f"an unquoted {len(raw):,}-character number was read by YAML as a number, "
+                         "not a string", "yaml-unquoted-number", hint="quote it")
         return _diag(doc, path, f"unquoted {raw} was read by YAML as the number {value!r}{lost}, not a string",
                      "yaml-unquoted-number", hint=f'quote it: "{raw}"')
     if not raw.strip():

@@ -245,6 +245,11 @@ def test_long_values_are_cut_in_diagnostics(tmp_path: Path, monkeypatch: pytest.
     line = next(line for line in result.stdout.splitlines() if "schema.pattern" in line)
     assert "(5,000 characters)" in line and "x" * 100 not in line
     assert len(line) < 250
+    (tmp_path / "number.yaml").write_text("version: 1\nid: n\nfrom: " + "1" * 4000 + "\ncontent: {text: hi}\n"
+                                          'recipients: [{msisdn: "+447911000123"}]\n', encoding="utf-8")
+    lines = invoke("validate", "number.yaml").stdout.splitlines()
+    assert lines[0] == ("number.yaml:3:7: error: an unquoted 4,000-character number was read by YAML as a number, "
+                        "not a string [yaml-unquoted-number] (hint: quote it)")
 
 
 def test_a_value_that_looks_like_a_jwt_is_not_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
