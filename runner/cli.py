@@ -32,8 +32,8 @@ def redact_env_secrets(text: str) -> str:
 
 
 def _env_redactor() -> Callable[[str], str] | None:
-    """A function redacting the environment's credentials, or None when none are set
-    (read once, so a stream can redact every write without reading files again)."""
+    """A function redacting the environment's credentials, or None when none are set;
+    the credentials are read once, so validate and plan can redact every value they show."""
     from .client import JWT_ENV, SERVICE_KEY_ENV, Credentials, redact
 
     try:
