@@ -254,7 +254,7 @@ def test_long_values_are_cut_in_diagnostics(tmp_path: Path, monkeypatch: pytest.
 
 def test_a_value_that_looks_like_a_jwt_is_not_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jwt = "eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJzdmMifQ.c2lnbmF0dXJlMTIz"
-    write_campaign(tmp_path, {"from": jwt, **campaign_text([{"msisdn": number(1)}])})
+    write_campaign(tmp_path, {"from": [jwt], **campaign_text([{"msisdn": number(1)}])})  # flagged, and the list is wrong
     monkeypatch.chdir(tmp_path)
     for output_format in FORMATS:
         result = invoke("validate", "--format", output_format, "campaign.yaml")
