@@ -23,16 +23,27 @@ import click
 
 from . import __version__
 from .errors import CampaignError, ExitCode
+from .files import WRITE_FAILURE_ERRNOS
 
 def redact_env_secrets(text: str) -> str:
     """Whatever the CLI prints passes through here: no credential from the environment survives."""
+    redactor = _env_redactor()
+    return text if redactor is None else redactor(text)
+
+
+def _env_redactor() -> Callable[[str], str] | None:
+    """A function redacting the environment's credentials, or None when none are set;
+    the credentials are read once, so validate and plan can redact every value they show."""
     from .client import JWT_ENV, SERVICE_KEY_ENV, Credentials, redact
 
     try:
         secrets = Credentials.from_env(os.environ).secrets
     except CampaignError:  # unreadable or conflicting settings: redact the raw values at least
         secrets = tuple(v for v in (os.environ.get(SERVICE_KEY_ENV), os.environ.get(JWT_ENV)) if v)
-    return redact(text, Credentials(*secrets[:2])) if secrets else text
+    if not secrets:
+        return None
+    credentials = Credentials(*secrets[:2])
+    return lambda text: redact(text, credentials)
 
 
 def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:
@@ -53,7 +64,12 @@ def _freeze_imports() -> None:
 def error_handler(show_traceback: bool = False) -> Iterator[None]:
     """The one place errors become exit codes (after pre-commit's error_handler)."""
     try:
-        yield
+        try:
+            yield
+        except SystemExit:
+            sys.stdout.flush()  # buffered output fails here, not at interpreter exit, where no one reports it
+            raise
+        sys.stdout.flush()
     except CampaignError as error:
         from .safe_text import visible  # a message may quote a value from a file: no raw control bytes
 
@@ -65,14 +81,38 @@ def error_handler(show_traceback: bool = False) -> Iterator[None]:
         raise
     except click.ClickException:
         raise
+    except BrokenPipeError:
+        _stop_quietly()
+    except OSError as error:
+        if error.errno not in WRITE_FAILURE_ERRNOS:
+            _unexpected(error, show_traceback)
+        where = f"cannot write {error.filename}" if error.filename else "cannot write output"
+        _fail(f"error: {where}: {error.strerror or type(error).__name__}", int(ExitCode.IO_ERROR),
+              "free some space (or fix the device) and run it again")
     except Exception as error:  # a bug: say so plainly
-        if show_traceback:
-            click.echo(redact_env_secrets(traceback.format_exc()), err=True)
-        _fail(
-            f"campaign: unexpected error (a bug in campaign-runner): {type(error).__name__}: {error}",
-            int(ExitCode.INTERNAL),
-            None if show_traceback else "rerun with --traceback and report it",
-        )
+        _unexpected(error, show_traceback)
+
+
+def _stop_quietly() -> NoReturn:
+    """The reader of stdout went away (`campaign compile ... | head -1`): stop, as Unix tools do,
+    without a word and with exit 0 (the reader asked for no more). stdout is pointed at
+    /dev/null first, so the interpreter's own final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real descriptor behind stdout (tests): nothing left to flush
+        pass
+    sys.exit(int(ExitCode.OK))
+
+
+def _unexpected(error: BaseException, show_traceback: bool) -> NoReturn:
+    if show_traceback:
+        click.echo(redact_env_secrets(traceback.format_exc()), err=True)
+    _fail(
+        f"campaign: unexpected error (a bug in campaign-runner): {type(error).__name__}: {error}",
+        int(ExitCode.INTERNAL),
+        None if show_traceback else "rerun with --traceback and report it",
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -139,7 +179,7 @@ def validate(paths: tuple[Path, ...], output_format: str, strict: bool) -> None:
         from .commands import ValidateSettings, run_validate
 
         sys.exit(run_validate(ValidateSettings(paths, output_format, strict, step_summary=_step_summary()),
-                              now=now_utc(), out=_stdout()))
+                              now=now_utc(), out=_stdout(), redact=_env_redactor()))
 
 
 API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2", show_default=True,
@@ -203,13 +243,14 @@ def plan(files: tuple[Path, ...], api: str, show_all: bool, output_format: str, 
         settings = PlanSettings(files[0], "v1" if api == "v1" else "v2", show_all, output_format, strict,
                                 show_pii=show_pii, more_files=files[1:], step_summary=_step_summary(),
                                 save_to=save_to, check=check, detailed_exitcode=detailed_exitcode, state=state)
-        sys.exit(run_plan(settings, now=now_utc(), out=_stdout(), err=sys.stderr))
+        sys.exit(run_plan(settings, now=now_utc(), out=_stdout(), err=sys.stderr, redact=_env_redactor()))
 
 
 @cli.command(name="compile")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Write JSON Lines here instead of stdout (replaced only when complete).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True), default=None,
+              help="Write JSON Lines here instead of stdout (replaced only when complete; a symlink is written "
+                   "through; a device, FIFO, folder or one of the campaign's own files is refused). - is stdout.")
 @API_OPTION
 def compile_command(file: Path, output: Path | None, api: str) -> None:
     """Write the exact request bodies, one JSON object per line."""
@@ -218,7 +259,7 @@ def compile_command(file: Path, output: Path | None, api: str) -> None:
 
         _freeze_imports()
 
-        settings = CompileSettings(file, output, "v1" if api == "v1" else "v2")
+        settings = CompileSettings(file, None if output == Path("-") else output, "v1" if api == "v1" else "v2")
         sys.exit(run_compile(settings, now=now_utc(), out=_stdout()))
 
 

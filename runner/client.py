@@ -42,6 +42,7 @@ import httpx
 
 from runner import __version__, vendor
 from runner.errors import CampaignError, ExitCode
+from runner.files import FileRefused, os_reason, read_regular
 from runner.model import Batch
 
 SERVICE_KEY_ENV: Final = "WEBEX_CONNECT_SERVICE_KEY"
@@ -52,6 +53,8 @@ FILE_SUFFIX: Final = "_FILE"
 
 MAX_BODY_BYTES: Final = 1 << 20  # answers are small JSON objects; read no more than this
 MAX_MESSAGE_CHARS: Final = 500
+# A secret is a line; a *_FILE naming /dev/zero or a log must not be read without end.
+MAX_SECRET_FILE_BYTES: Final = 64 * 1024
 REDACT_ANYWHERE_LENGTH: Final = 12  # secrets at least this long are redacted even inside other text
 CONNECT_TIMEOUT_MAX: Final = 10.0
 LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -111,13 +114,14 @@ def _secret_from_env(environ: Mapping[str, str], name: str) -> str | None:
         )
     if file_path:
         try:
-            value = Path(file_path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            value = read_regular(Path(file_path), MAX_SECRET_FILE_BYTES).decode("utf-8").strip()
+        except (OSError, FileRefused, UnicodeDecodeError) as exc:
+            reason = (exc.reason if isinstance(exc, FileRefused) else os_reason(exc) if isinstance(exc, OSError)
+                      else "not valid UTF-8")
             raise CampaignError(
                 f"cannot read {file_name} ({file_path}): {reason}",
                 exit_code=ExitCode.USAGE,
-                hint=f"{file_name} must name a readable UTF-8 file holding only the secret",
+                hint=f"{file_name} must name a readable regular UTF-8 file (at most 64 KiB) holding only the secret",
             ) from None
         if not value:
             raise CampaignError(
@@ -469,7 +473,8 @@ class ApiClient:
         elif status in (401, 403):
             text = f"{_status_line(response)}: {AUTH_FAILED_MESSAGE}"
         elif body and data is None:
-            snippet = body[:200].decode("utf-8", "replace")
+            # redacted whole, then cut: a cut first could keep all but the last characters of a secret
+            snippet = _one_line(redact(body.decode("utf-8", "replace"), self.credentials), 200)
             text = f"{_status_line(response)}: {snippet}"
         else:
             text = _status_line(response)

@@ -6,6 +6,8 @@ here, callable (and tested) without click. Each function returns the exit code.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING, TextIO
 
 from .compile import Compiler
 from .errors import CampaignError, ExitCode
-from .model import Api, Campaign
-from .plan import DEFAULT_SHOWN, build_plan
-from .validate import load_campaign, validate_paths
+from .files import WRITE_FAILURE_ERRNOS, kind_of
+from .model import Api, Campaign, Diagnostic
+from .plan import DEFAULT_SHOWN, Plan, build_plan
+from .validate import ValidationResult, load_campaign, validate_paths
 
 # The sending side (httpx, the ledger, the sandbox server) and the reporters (rich) are
 # imported where they are used, so `validate`, `plan` and `compile` in a pipeline do not
@@ -48,7 +51,11 @@ class ValidateSettings:
     step_summary: Path | None = None  # $GITHUB_STEP_SUMMARY, for --format github
 
 
-def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> ExitCode:
+# Redacts the environment's credentials from a text (see cli._env_redactor).
+Redact = Callable[[str], str]
+
+
+def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO, redact: Redact | None = None) -> ExitCode:
     missing = [str(path) for path in settings.paths if not path.exists()]
     if missing:
         # a path that is not there is a mistake on the command line, not an invalid campaign
@@ -57,6 +64,9 @@ def run_validate(settings: ValidateSettings, *, now: datetime, out: TextIO) -> E
     result = validate_paths(settings.paths, now=now, strict=settings.strict)
     if not result.files:
         raise CampaignError("no campaign files (*.yaml, *.yml) found", exit_code=ExitCode.USAGE)
+    if redact is not None:
+        result = ValidationResult(tuple(
+            replace(f, diagnostics=tuple(_redacted(d, redact) for d in f.diagnostics)) for f in result.files))
     _reporter(settings.output_format, out, step_summary=settings.step_summary).validation(result)
     return ExitCode.OK if result.ok else ExitCode.INVALID
 
@@ -84,13 +94,14 @@ MULTI_FILE_FORMATS = ("markdown",)
 SOMETHING_TO_SEND = 2
 
 
-def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO | None = None) -> ExitCode | int:
+def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO | None = None,
+             redact: Redact | None = None) -> ExitCode | int:
     reporter = _reporter(settings.output_format, out, show_pii=settings.show_pii, step_summary=settings.step_summary)
     if settings.more_files:
         if settings.save_to is not None or settings.check is not None or settings.state is not None:
             raise CampaignError("-o/--out, --check and --state take one campaign file", exit_code=ExitCode.USAGE,
                                 hint="plan each campaign on its own to save or check its plan")
-        return _run_plans(settings, now=now, reporter=reporter)
+        return _run_plans(settings, now=now, reporter=reporter, redact=redact)
     if settings.check is not None:
         if settings.save_to is not None:
             raise CampaignError("--check and -o/--out exclude each other", exit_code=ExitCode.USAGE,
@@ -115,6 +126,8 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
             "uncertainDestinations": ledger_counts.uncertain if ledger_counts else 0,
             "toSend": to_send,
         })
+    if redact is not None:
+        plan = _redacted_plan(plan, redact)
     reporter.plan(plan, show_all=settings.show_all)
     if settings.state is not None and settings.output_format != "json":
         out.write(_ledger_totals_line(ledger_counts, to_send))
@@ -193,11 +206,11 @@ def _ledger_totals_line(counts: LedgerCounts | None, to_send: int) -> str:
             f"{counts.uncertain} uncertain; to send: {to_send} messages\n")
 
 
-def _run_plans(settings: PlanSettings, *, now: datetime, reporter: Reporter) -> ExitCode:
+def _run_plans(settings: PlanSettings, *, now: datetime, reporter: Reporter,
+               redact: Redact | None = None) -> ExitCode:
     """Several campaigns, one output (one PR comment): a campaign that cannot be planned
     is shown in its place with its error, the others still are; exit 1 if any failed."""
     from .report import PlanFailure
-    from .plan import Plan
 
     if settings.output_format not in MULTI_FILE_FORMATS:
         raise CampaignError(f"--format {settings.output_format} plans one campaign file at a time",
@@ -206,12 +219,28 @@ def _run_plans(settings: PlanSettings, *, now: datetime, reporter: Reporter) -> 
     for path in (settings.file, *settings.more_files):
         try:
             campaign, warnings = load_campaign(path, now=now, strict=settings.strict)
-            items.append(build_plan(campaign, warnings, api=settings.api,
-                                    limit=None if settings.show_all else DEFAULT_SHOWN))
+            plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
+            items.append(_redacted_plan(plan, redact) if redact is not None else plan)
         except CampaignError as error:
             items.append(PlanFailure(str(path), error.message, error.hint))
     reporter.plans(items, show_all=settings.show_all)
     return ExitCode.INVALID if any(isinstance(item, PlanFailure) for item in items) else ExitCode.OK
+
+
+def _redacted_plan(plan: Plan, redact: Redact) -> Plan:
+    return replace(plan, warnings=tuple(_redacted(w, redact) for w in plan.warnings),
+                   messages=tuple(replace(m, text=redact(m.text), correlation_id=redact(m.correlation_id))
+                                  for m in plan.messages),
+                   masked_texts=tuple(redact(text) for text in plan.masked_texts))
+
+
+def _redacted(diagnostic: Diagnostic, redact: Redact) -> Diagnostic:
+    """Redacted before any reporter wraps or cuts it: validate and plan output goes into CI
+    logs and review comments, and a key that reached a file in the repository (a CSV
+    header, a value) must not go on; a cut or a line wrapped by a table first would
+    leave part of it."""
+    hint = redact(diagnostic.hint) if diagnostic.hint else diagnostic.hint
+    return replace(diagnostic, message=redact(diagnostic.message), hint=hint)
 
 
 @dataclass(frozen=True)
@@ -229,18 +258,69 @@ def run_compile(settings: CompileSettings, *, now: datetime, out: TextIO) -> Exi
         for wire in compiler.iter_wire():
             out.write(wire + "\n")
         return ExitCode.OK
-    partial = settings.output.with_name(settings.output.name + ".partial")
+    target = output_target(settings.output, campaign_inputs(settings.file, campaign))
+    partial = target.with_name(target.name + ".partial")
     try:
-        with partial.open("w", encoding="utf-8", newline="\n") as sink:
+        partial.unlink(missing_ok=True)  # a stale one from a killed run; never written through
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        with open(descriptor, "w", encoding="utf-8", newline="\n") as sink:
             for wire in compiler.iter_wire():
                 sink.write(wire + "\n")
-        partial.replace(settings.output)
+        partial.replace(target)
     except OSError as error:
-        raise CampaignError(f"cannot write {settings.output}: {error.strerror or error}", exit_code=ExitCode.USAGE,
-                            hint="-o must name a file in an existing, writable folder") from None
+        code = ExitCode.IO_ERROR if error.errno in WRITE_FAILURE_ERRNOS else ExitCode.USAGE
+        hint = ("free some space (or fix the device) and run it again" if code is ExitCode.IO_ERROR
+                else "-o must name a file in an existing, writable folder")
+        raise CampaignError(f"cannot write {settings.output}: {error.strerror or error}", exit_code=code,
+                            hint=hint) from None
     finally:
         partial.unlink(missing_ok=True)
     return ExitCode.OK
+
+
+def campaign_inputs(campaign_file: Path, campaign: Campaign) -> list[Path]:
+    """The files a campaign is made of: `compile -o` must never overwrite one of them."""
+    from .model import RecipientFile
+
+    files = [source.path for source in (*campaign.recipients, *campaign.exclude) if isinstance(source, RecipientFile)]
+    return [campaign_file, *files]
+
+
+def output_target(output: Path, inputs: list[Path]) -> Path:
+    """The file `compile -o OUTPUT` may replace, or a usage error.
+
+    A symlink is written through (its target is replaced, the link stays); a device,
+    FIFO or folder is refused rather than replaced by a regular file (as root,
+    `-o /dev/full` used to turn the device into a file); so is any of the campaign's
+    own inputs, compared after resolving links, so `-o campaign.yaml` cannot destroy it.
+    """
+    def refuse(reason: str, hint: str) -> CampaignError:
+        return CampaignError(f"cannot write {output}: {reason}", exit_code=ExitCode.USAGE, hint=hint)
+
+    try:
+        target = output.resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop
+        raise refuse(getattr(error, "strerror", None) or "the path cannot be resolved",
+                     "-o must name a regular file or a new one") from None
+    try:
+        mode: int | None = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as error:
+        raise refuse(error.strerror or str(error), "-o must name a file in an existing, writable folder") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise refuse("it is a directory", "-o names the file to write, e.g. -o requests.jsonl")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise refuse(f"it is {kind_of(mode)}, not a regular file",
+                     "-o replaces a regular file; for stdout leave -o out or write -o -")
+    for source in inputs:
+        try:
+            same = source.resolve() == target or (mode is not None and os.path.samefile(source, target))
+        except (OSError, RuntimeError):
+            same = False
+        if same:
+            raise refuse("it is one of the campaign's own input files", "write the requests to a new file")
+    return target
 
 
 # --- apply, status, sandbox, receipts ---------------------------------------------------

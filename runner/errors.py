@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # the command line is wrong
     PARTIAL = 3  # some batches failed or are uncertain
     REFUSED = 4  # apply refused: lock held, inputs changed, stale schedule
+    IO_ERROR = 74  # output could not be written: disk full, quota, device error (EX_IOERR)
     INTERNAL = 70  # a bug in campaign-runner (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C / SIGTERM (128 + SIGINT, as shells report it)
 

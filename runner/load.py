@@ -33,6 +33,7 @@ from yaml.constructor import SafeConstructor
 from yaml.error import MarkedYAMLError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from runner.files import FileRefused, FileTooLarge, read_regular
 from runner.model import Diagnostic, JsonPath, Location, Position, Severity, SourceDocument
 
 # libyaml when PyYAML was built with it: faster, and its messages are the ones users
@@ -40,7 +41,16 @@ from runner.model import Diagnostic, JsonPath, Location, Position, Severity, Sou
 LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAX_DEPTH = 200
-MAX_NODES = 100_000
+# Campaign files arrive through pull requests; these bound what one can cost before
+# anything is parsed. 4 MiB holds about 45,000 inline recipients with a name and a
+# correlation id each; audiences larger than that belong in recipient files.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+# Values in the file as written (plain data): beyond a realistic campaign, within what
+# loads in a few seconds.
+MAX_NODES = 1_000_000
+# Values added by expanding aliases and merge keys: a few anchors can otherwise expand
+# exponentially (an "alias bomb") from a file of a few hundred bytes.
+MAX_EXPANDED_NODES = 100_000
 
 _TAG = "tag:yaml.org,2002:"
 _TEXT_TAGS = {_TAG + "str", _TAG + "timestamp", _TAG + "value", _TAG + "merge"}
@@ -70,11 +80,26 @@ def load_document(path: Path, display_name: str | None = None) -> tuple[SourceDo
     """Reads bytes, not text, so a file that is not UTF-8 is located instead of failing to open."""
     name = str(path) if display_name is None else display_name
     try:
-        raw = path.read_bytes()
-    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raw = read_regular(path, MAX_FILE_BYTES)
+    except FileTooLarge as error:
+        return None, [_too_big(name, error)]
+    except FileRefused as error:
+        return None, [_error(Location(name), f"cannot read file: {error.reason}", "file-unreadable")]
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
         return None, [_error(Location(name), f"cannot read file: {reason}", "file-unreadable")]
     return load_text(raw, path, name)
+
+
+def _too_big(name: str, error: FileTooLarge) -> Diagnostic:
+    """Refused by size before parsing: a 42 MB file costs the parser minutes and gigabytes."""
+    size = f"{error.size:,} bytes" if error.size is not None else "larger than that"
+    return _error(
+        Location(name),
+        f"the file is {size}; a campaign file may hold at most {MAX_FILE_BYTES:,} bytes",
+        "file-too-large",
+        "put large audiences in a recipient file (`recipients: [{file: audience.csv}]`), which has no size limit",
+    )
 
 
 def load_text(
@@ -241,6 +266,9 @@ class _Builder:
         self.raw_scalars: dict[JsonPath, str] = {}
         self.diagnostics: list[Diagnostic] = []
         self.nodes = 0
+        self.expanded = 0  # values built again through an alias or merge key
+        self.expanding = 0  # > 0 while inside a collection built before (an alias's copy)
+        self.collections: set[int] = set()  # ids of the collection nodes built so far
         self.top: tuple[str, _Mark] | None = None  # the top-level key being built, to blame for a bomb
         self.constructor = SafeConstructor()
 
@@ -253,6 +281,15 @@ class _Builder:
             self.value_positions[path] = _position(node.start_mark)
         if isinstance(node, ScalarNode):
             return self.scalar(node, path, record)
+        again = id(node) in self.collections  # the composer hands an alias its anchor's node
+        self.collections.add(id(node))
+        self.expanding += again
+        try:
+            return self.collection(node, path, record)
+        finally:
+            self.expanding -= again
+
+    def collection(self, node: Node, path: JsonPath, record: bool) -> Any:
         if node.tag not in (_TAG + "map", _TAG + "seq"):
             self.unsupported(node)
         if isinstance(node, SequenceNode):
@@ -290,17 +327,32 @@ class _Builder:
             result[key] = self.value(value_node, (*path, key), record)
         return result
 
-    def count(self, node: Node) -> None:
-        """Bounds the work, which aliases and merge keys can make exponential in the text."""
+    def count(self, node: Node, merged: bool = False) -> None:
+        """Bounds the work, which aliases and merge keys can make exponential in the text.
+
+        Plain data and expansion have separate budgets, so that a long list of inline
+        recipients is told to move to a recipient file, not suspected of an alias bomb.
+        """
         self.nodes += 1
-        if self.nodes > MAX_NODES:
-            where, mark = ("", node.start_mark) if self.top is None else (f" (reached in {self.top[0]!r})", self.top[1])
+        if self.expanding or merged:
+            self.expanded += 1
+        where, mark = ("", node.start_mark) if self.top is None else (f" (reached in {self.top[0]!r})", self.top[1])
+        if self.expanded > MAX_EXPANDED_NODES:
             raise _Fatal(
                 _error(
                     _loc(self.name, mark),
-                    f"the document expands to more than {MAX_NODES} values{where}",
+                    f"aliases expand the document by more than {MAX_EXPANDED_NODES:,} values{where}",
                     "yaml-too-large",
                     "an anchor is expanded through aliases too many times (an alias bomb?)",
+                )
+            )
+        if self.nodes > MAX_NODES:
+            raise _Fatal(
+                _error(
+                    _loc(self.name, mark),
+                    f"the document holds more than {MAX_NODES:,} values{where}",
+                    "yaml-too-large",
+                    "put large audiences in a recipient file (`recipients: [{file: audience.csv}]`)",
                 )
             )
 
@@ -322,7 +374,7 @@ class _Builder:
                         )
                     )
                     continue
-                self.count(source)
+                self.count(source, merged=True)
                 if depth + 1 > MAX_DEPTH:
                     raise _Fatal(_too_deep(_loc(self.name, source.start_mark)))
                 own = {self.key(k): (k, v) for k, v in source.value if k.tag != _TAG + "merge"}
@@ -338,7 +390,7 @@ class _Builder:
             self.diagnostics.append(
                 _error(
                     _loc(self.name, node.start_mark),
-                    f"the key {key!r} is a {'list' if isinstance(node, SequenceNode) else 'mapping'}, not a string",
+                    f"a key here is a {'list' if isinstance(node, SequenceNode) else 'mapping'}, not a string",
                     "yaml-key-not-string",
                     "mapping keys must be plain names",
                 )
@@ -380,7 +432,8 @@ class _Builder:
             self.diagnostics.append(
                 _error(
                     _loc(self.name, node.start_mark),
-                    f"{node.value!r} cannot be read as {_KINDS[tag]}",
+                    # the value is not quoted: it may sit under a credential-like key
+                    f"this value cannot be read as {_KINDS[tag]} (it is tagged {_short_tag(tag)})",
                     "yaml-bad-value",
                     "quote it to keep it as text",
                 )

@@ -16,11 +16,13 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
 from runner.errors import CampaignError, ExitCode
+from runner.files import FileRefused, open_regular, os_reason
 from runner.model import (
     Campaign,
     InlineRecipient,
@@ -93,24 +95,17 @@ class BadRows:
                             hint=f"{self.total:,} bad rows: fix them all, then run again")
 
 
-def _open_problem(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "it is a directory"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return exc.strerror or str(exc)
-
-
-def _open(source: RecipientFile) -> IO[str]:
+def _open(source: RecipientFile, errors: str = "strict") -> IO[str]:
     """Text mode with `utf-8-sig` so a BOM from Excel is dropped, `newline=""` so the
-    csv module sees quoted line breaks as written."""
+    csv module sees quoted line breaks as written. Regular files only (see runner.files):
+    a FIFO or a device named by a campaign must not hang or flood the run."""
     try:
-        return open(source.path, encoding="utf-8-sig", newline="")
-    except OSError as exc:
-        reason = f"cannot read {source.format} file {source.display_name} ({source.path}): {_open_problem(exc)}"
-        raise _error(source.location, reason) from exc
+        raw = open_regular(source.path)
+    except (OSError, FileRefused) as exc:
+        problem = exc.reason if isinstance(exc, FileRefused) else os_reason(exc)
+        reason = f"cannot read {source.format} file {source.display_name} ({source.path}): {problem}"
+        raise _error(source.location, reason) from None
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors, newline="")
 
 
 UTF16_MESSAGE = "the file is UTF-16, not UTF-8: save it as UTF-8 (in Excel: CSV UTF-8)"
@@ -119,10 +114,13 @@ UTF16_MESSAGE = "the file is UTF-16, not UTF-8: save it as UTF-8 (in Excel: CSV 
 def _decode_error(source: RecipientFile, exc: UnicodeDecodeError) -> CampaignError:
     """The text layer decodes in chunks, so the failing offset says nothing about the
     line; a second, tolerant pass finds the first line holding an undecodable byte."""
-    with open(source.path, "rb") as raw:
-        if raw.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-            return _error(Location(source.display_name, 1), UTF16_MESSAGE)
-    with open(source.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+    try:
+        with open_regular(source.path) as raw:
+            if raw.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+                return _error(Location(source.display_name, 1), UTF16_MESSAGE)
+    except (OSError, FileRefused):
+        pass  # _open below says why, in the same words as everywhere else
+    with _open(source, errors="surrogateescape") as handle:
         for number, line in enumerate(handle, 1):
             try:
                 line.encode("utf-8")
@@ -239,6 +237,9 @@ def _describe(value: Any) -> str:
     return "an object"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -252,8 +253,18 @@ def _json_object(text: str, field: str) -> dict[str, Any] | str:
         return f"invalid JSON: {exc.msg} (column {exc.pos + 1})"
     except ValueError as exc:
         return f"invalid JSON: {exc}"
+    except RecursionError:
+        return "invalid JSON: nested too deeply"
     if not isinstance(obj, dict):
         return f"expected a JSON object, found {_describe(obj)}"
+    if "\\u" in text:  # only an escape can carry a lone surrogate: the line itself was valid UTF-8
+        for key, value in obj.items():
+            for part in (key, value):
+                found = _SURROGATE.search(part) if isinstance(part, str) else None
+                if found is not None:
+                    named = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                    return (f"{named!r} holds a lone surrogate \\u{ord(found.group()):04x}, which is not "
+                            "Unicode (half of an escaped emoji?)")
     if field not in obj:
         keys = ", ".join(obj) or "none"
         return f"missing number: no {field!r} key (keys: {keys})"
@@ -360,10 +371,10 @@ def expected_rows(sources: Iterable[object]) -> int:
             rows += 1
             continue
         try:
-            with open(source.path, "rb") as handle:
+            with open_regular(source.path) as handle:
                 head = handle.read(_PEEK_BYTES)
                 size = os.fstat(handle.fileno()).st_size
-        except OSError:
+        except (OSError, FileRefused):
             continue  # reading it will say what is wrong
         lines = head.count(b"\n") or len(head) // 12  # no line break at all: assume short rows
         rows += size * max(lines, 1) // max(len(head), 1)
@@ -517,11 +528,13 @@ def peek_source(source: RecipientFile) -> tuple[str | None, frozenset[str] | Non
     The reason leaves out the file name (validate puts it in front) but keeps the line.
     """
     try:
-        with open(source.path, "rb") as handle:
+        with open_regular(source.path) as handle:
             head = handle.read(_PEEK_BYTES)
             complete = len(head) < _PEEK_BYTES
+    except FileRefused as exc:
+        return f"cannot read {source.path}: {exc.reason}", None
     except OSError as exc:
-        return f"cannot read {source.path}: {_open_problem(exc)}", None
+        return f"cannot read {source.path}: {os_reason(exc)}", None
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return UTF16_MESSAGE, None
     head = head.removeprefix(codecs.BOM_UTF8)

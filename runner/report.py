@@ -465,8 +465,15 @@ MARKDOWN_BUDGET = 65_000  # GitHub comments stop at 65,536 characters; the margi
 MARKDOWN_WARNINGS = 20
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich would exit 1 itself; the CLI's one error handler decides instead (a quiet exit 0)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _console(out: TextIO) -> Console:
-    return Console(file=out, width=None if out.isatty() else 120, soft_wrap=False)
+    return _Console(file=out, width=None if out.isatty() else 120, soft_wrap=False)
 
 
 def _duration(seconds: float) -> str:

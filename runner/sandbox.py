@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from runner import sandbox_reference as vendor  # the sandbox's own copy of the reference, never runner.vendor
+from runner.errors import CampaignError, ExitCode
 from runner.model import Encoding
 from runner.sandbox_checks import (
     LINK,
@@ -643,11 +644,21 @@ class _Handler(BaseHTTPRequestHandler):
 def serve(settings: SandboxSettings, *, ready: Callable[[str], None] | None = None) -> None:
     """Block the calling thread: the `campaign sandbox` command has nothing else to do,
     and Ctrl-C is its normal way out."""
-    with Sandbox(settings) as sandbox:
+    sandbox = Sandbox(settings)
+    try:
+        sandbox.start()
+    except OSError as error:  # the port is taken, or the address is not this machine's
+        raise CampaignError(
+            f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}",
+            exit_code=ExitCode.USAGE,
+            hint="pick another --port, or --port 0 for a free one",
+        ) from None
+    try:
         if ready is not None:
             ready(sandbox.url)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            return
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
+    finally:
+        sandbox.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,7 @@ from .safe_text import control_characters
 from .segments import gsm7_replacement, non_gsm7
 
 DEFAULT_TPS = 10
+MAX_INLINE_RECIPIENTS = 50_000  # beyond this, recipient files (see _inline_count_check)
 CAMPAIGN_SUFFIXES = (".yaml", ".yml")
 SECRET_KEY_NAMES = frozenset(
     {"key", "servicekey", "apikey", "jwt", "token", "authorization", "secret", "servicesecret", "password"}
@@ -166,6 +168,10 @@ def load_campaign(path: Path, *, now: datetime, strict: bool = False) -> tuple[C
 def _check(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
     secrets = list(_secret_checks(doc, doc.data, ()))
     yield from secrets
+    too_many = _inline_count_check(doc)
+    if too_many is not None:
+        yield too_many
+        return  # the schema check alone would take minutes
     flagged = {d.location for d in secrets}
     # A credential key is also an unknown key; one message about it is enough.
     errors = list(_validator().iter_errors(doc.data))
@@ -273,6 +279,20 @@ def _control_checks(doc: SourceDocument, node: Any, path: JsonPath) -> Iterator[
                         hint="an SMS should not carry control characters; write a line break as a real one")
 
 
+def _inline_count_check(doc: SourceDocument) -> Diagnostic | None:
+    """Inline recipients cost the schema check about 0.3 ms each; past MAX_INLINE_RECIPIENTS
+    they belong in a recipient file, which is streamed and has no limit."""
+    recipients = doc.data.get("recipients") if isinstance(doc.data, dict) else None
+    if not isinstance(recipients, list):
+        return None
+    inline = sum(1 for item in recipients if isinstance(item, dict) and "msisdn" in item)
+    if inline <= MAX_INLINE_RECIPIENTS:
+        return None
+    return _diag(doc, ("recipients",), f"{inline:,} inline recipients; a campaign file may list at most "
+                 f"{MAX_INLINE_RECIPIENTS:,}", "too-many-inline-recipients", key=True,
+                 hint="put them in a recipient file (CSV or JSON Lines): `recipients: [{file: audience.csv}]`")
+
+
 def _diag(doc: SourceDocument, path: JsonPath, message: str, rule: str, *, hint: str | None = None,
           key: bool = False, severity: Severity = Severity.ERROR) -> Diagnostic:
     return Diagnostic(doc.locate(path, key=key), severity, message, rule, hint)
@@ -343,16 +363,54 @@ def _schema_diagnostics(doc: SourceDocument, error: ValidationError) -> Iterator
             yield _yaml_trap(doc, path, error.instance)
             return
     where = ".".join(str(p) for p in path)
-    yield _diag(doc, path, f"{where}: {error.message}" if where else error.message, rule)
+    message = _without_value(error.message, error.instance, path)
+    yield _diag(doc, path, f"{where}: {message}" if where else message, rule)
+
+
+SHOWN_VALUE_CHARS = 40  # longer values are cut in diagnostics
+
+
+def _is_secret_name(name: object) -> bool:
+    return isinstance(name, str) and name.lower().replace("_", "").replace("-", "") in SECRET_KEY_NAMES
+
+
+def _shown_value(path: JsonPath, value: Any) -> str:
+    """A value as a diagnostic may print it: never one that is, or sits under, a
+    credential-like key or looks like a JWT (diagnostics go to CI logs and pull request
+    comments); structures by their kind only, since they may hold such keys; long text cut."""
+    if any(_is_secret_name(part) for part in path):
+        return "(a value under a credential-like key, not shown)"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str) and JWT_PATTERN.search(value):
+        return "(a value that looks like a JWT, not shown)"
+    shown = repr(value)
+    if len(shown) <= SHOWN_VALUE_CHARS:
+        return shown
+    length = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return shown[: SHOWN_VALUE_CHARS - 1] + "…" + length
+
+
+def _without_value(message: str, value: Any, path: JsonPath) -> str:
+    """jsonschema's message with the offending value (which it writes as its repr) replaced by `_shown_value`."""
+    written = repr(value)
+    return message.replace(written, _shown_value(path, value)) if written in message else message
 
 
 def _yaml_trap(doc: SourceDocument, path: JsonPath, value: Any) -> Diagnostic:
     raw = doc.raw_scalars[path]
+    if any(_is_secret_name(part) for part in path):
+        return _diag(doc, path, "this value was not read by YAML as a string", "schema.type", hint="quote it")
     if isinstance(value, bool):
         return _diag(doc, path, f"unquoted {raw} was read by YAML as the boolean {str(value).lower()}, not a string",
                      "yaml-boolean-word", hint=f'quote it: "{raw}"')
     if isinstance(value, (int, float)):
         lost = " (leading '+' or '0' lost)" if raw.lstrip().startswith(("+", "0")) else ""
+        if len(raw) > SHOWN_VALUE_CHARS:  # a number of thousands of digits: say so, not print it twice
+            return _diag(doc, path, f"an unquoted {len(raw):,}-character number was read by YAML as a number, "
+                         "not a string", "yaml-unquoted-number", hint="quote it")
         return _diag(doc, path, f"unquoted {raw} was read by YAML as the number {value!r}{lost}, not a string",
                      "yaml-unquoted-number", hint=f'quote it: "{raw}"')
     if not raw.strip():
@@ -611,6 +669,8 @@ def _variable_checks(doc: SourceDocument, data: dict[str, Any], variables: froze
             subject = f"recipient {item['msisdn']}"
         else:
             source = _file_source(doc, ("recipients", index), item)
+            if not _inside_repository(doc, source) or _names_a_secret_file(source) is not None:
+                continue  # never opened: reported by _file_check
             columns = source_columns(source)
             if columns is None:
                 continue
@@ -629,9 +689,63 @@ def _msisdn_check(doc: SourceDocument, path: JsonPath, raw: str) -> Iterator[Dia
 
 
 def _file_check(doc: SourceDocument, path: JsonPath, source: RecipientFile) -> Iterator[Diagnostic]:
+    if not _inside_repository(doc, source):
+        yield _diag(doc, (*path, "file"), f"{source.display_name}: the file is outside the campaign's repository "
+                    f"({campaign_root(doc.path)})", "file-outside-repo",
+                    hint="recipient and exclude files must be inside the repository that holds the campaign (the "
+                    "nearest folder with .git, else the campaign file's folder); symlinks are followed")
+        return
+    secret_variable = _names_a_secret_file(source)
+    if secret_variable is not None:
+        yield _diag(doc, (*path, "file"), f"{source.display_name}: the file is the one {secret_variable} names",
+                    "file-outside-repo", hint="a recipient file must not be a credential file")
+        return
     problem = check_source_readable(source)
     if problem:
         yield _diag(doc, (*path, "file"), f"{source.display_name}: {problem}", "recipient-file")
+
+
+# The variables runner/client.py reads (not imported: that would load httpx into validate).
+SECRET_FILE_VARIABLES = ("WEBEX_CONNECT_SERVICE_KEY_FILE", "WEBEX_CONNECT_JWT_FILE")
+
+
+def _names_a_secret_file(source: RecipientFile) -> str | None:
+    """The credential variable whose file this is, if any: a key file kept inside the
+    repository (ignored by git) would otherwise be printed as "columns: ..."."""
+    target = _resolved(source.path)
+    for variable in SECRET_FILE_VARIABLES:
+        named = os.environ.get(variable, "").strip()
+        if target is not None and named and _resolved(Path(named)) == target:
+            return variable
+    return None
+
+
+def campaign_root(campaign_path: Path) -> Path:
+    """The folder a campaign's files must stay in: the nearest enclosing folder holding
+    `.git` (a folder, or the file a worktree has), else the campaign file's own folder.
+
+    Campaign files come through pull requests and `validate`/`plan` run in CI next to
+    credentials: a `file:` naming /proc/self/environ or a secret file would otherwise
+    have its first line printed as "columns: ...".
+    """
+    folder = _resolved(campaign_path.absolute().parent) or campaign_path.absolute().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return folder
+
+
+def _inside_repository(doc: SourceDocument, source: RecipientFile) -> bool:
+    """After resolving symlinks, so a link inside the repository to a file outside it is refused."""
+    target = _resolved(source.path)
+    return target is not None and target.is_relative_to(campaign_root(doc.path))
+
+
+def _resolved(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop; a NUL byte in the path
+        return None
 
 
 def _file_source(doc: SourceDocument, path: JsonPath, item: dict[str, Any]) -> RecipientFile:
