@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,15 +65,16 @@ def test_open_creates_directory_schema_and_pragmas(state: Path) -> None:
     raw = sqlite3.connect(state)
     tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"campaigns", "batches", "destinations", "receipts", "runs"} <= tables
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
     columns = {row[1] for row in raw.execute("PRAGMA table_info(batches)")}
     assert {"campaign_id", "batch_key", "batch_index", "api", "status", "attempts", "http_status",
             "vendor_code", "vendor_message", "message_id", "destinations_count", "run_id",
             "updated_at"} <= columns
-    raw.execute("INSERT INTO campaigns VALUES ('c', NULL, 'now', 'now')")
+    raw.execute("INSERT INTO campaigns VALUES ('default', 'c', NULL, 'now', 'now')")
     with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):  # 'sent' is not a status
-        raw.execute("INSERT INTO batches(batch_key, campaign_id, batch_index, api, status, destinations_count,"
-                    " created_at, updated_at) VALUES ('b', 'c', 0, 'v2', 'sent', 1, 'now', 'now')")
+        raw.execute("INSERT INTO batches(environment, batch_key, campaign_id, batch_index, api, status,"
+                    " destinations_count, created_at, updated_at)"
+                    " VALUES ('default', 'b', 'c', 0, 'v2', 'sent', 1, 'now', 'now')")
     raw.close()
 
 
@@ -92,7 +94,7 @@ def test_newer_schema_is_refused(state: Path) -> None:
     raw.close()
     with pytest.raises(CampaignError) as caught:
         Ledger.open(state)
-    assert caught.value.exit_code == ExitCode.USAGE
+    assert caught.value.exit_code == ExitCode.REFUSED
     assert "newer" in caught.value.message
 
 
@@ -481,7 +483,7 @@ def test_hundred_thousand_destinations_insert_with_one_commit_per_batch(ledger: 
     """What keeps a large insert fast under synchronous=FULL: one fsynced transaction per
     batch of 1000 destinations (or per record_pending_many call), never one per destination."""
     statements: list[str] = []
-    connection = ledger._connection()
+    connection = ledger._connection().raw  # type: ignore[attr-defined]
     connection.set_trace_callback(statements.append)
     try:
         for i in range(90):
@@ -576,8 +578,9 @@ def test_lock_contention_between_processes_and_release_on_kill(state: Path) -> N
             with acquire_lock(state, CAMPAIGN):
                 pytest.fail("got a lock another process holds")
         assert caught.value.exit_code == ExitCode.REFUSED
-        assert caught.value.message == (
-            f"campaign '{CAMPAIGN}' is being applied by another process (pid {holder.pid})")
+        assert caught.value.message.startswith(
+            f"campaign '{CAMPAIGN}' is being applied by another process (host {socket.gethostname()}, "
+            f"pid {holder.pid}, since 20")
         assert caught.value.hint
         with acquire_lock(state, "another-campaign"):  # other campaigns are not blocked
             pass
@@ -586,7 +589,7 @@ def test_lock_contention_between_processes_and_release_on_kill(state: Path) -> N
         holder.wait(timeout=30)
     assert holder.returncode == -signal.SIGKILL
     with acquire_lock(state, CAMPAIGN):
-        assert lock_path(state, CAMPAIGN).read_text().strip() == str(os.getpid())
+        assert lock_path(state, CAMPAIGN).read_text().split("\n")[:2] == [str(os.getpid()), socket.gethostname()]
     assert lock_path(state, CAMPAIGN).read_text() == ""
 
 
@@ -621,7 +624,7 @@ def test_second_process_is_refused_with_exit_code(state: Path) -> None:
         )
         out, _ = contender.communicate(timeout=60)
         assert contender.returncode == ExitCode.REFUSED
-        assert f"(pid {holder.pid})" in out and "GOT IT" not in out
+        assert f", pid {holder.pid}, since " in out and "GOT IT" not in out
     finally:
         holder.kill()
         holder.wait(timeout=30)
