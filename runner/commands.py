@@ -106,10 +106,33 @@ DEFAULT_SANDBOX_STATE = Path(".campaign/sandbox.db")
 SANDBOX_RECEIPT_WAIT_SECONDS = 2.0
 
 
+def state_ref(state: str | Path) -> str | Path:
+    """A `--state` value as the ledger takes it: a `postgresql://` URL stays a string (a
+    Path would fold its `//`), anything else is a SQLite file path."""
+    from .ledger import is_postgres_url
+
+    return str(state) if is_postgres_url(str(state)) else Path(state)
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `5m`, `1h`, `1h30m` or plain seconds (`90`, `2.5`) as seconds."""
+    import re
+
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", value)
+    if not value or parts is None:
+        raise CampaignError(f"invalid duration {text!r}", exit_code=ExitCode.USAGE,
+                            hint="write it like 30s, 5m, 1h30m or a number of seconds")
+    hours, minutes, seconds = parts.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+
+
 @dataclass(frozen=True)
 class ApplySettings:
     file: Path
-    state: Path | None = None
+    state: Path | str | None = None  # a SQLite path or a postgresql:// URL
     api: Api = "v2"
     yes: bool = False
     quiet: bool = False
@@ -123,12 +146,18 @@ class ApplySettings:
     output_format: str = "text"
     max_in_flight: int = 8
     timeout: float = 30.0
+    environment: str = "default"  # the tenant this run targets; the ledger keys by it
+    lock_timeout: float = 0.0  # seconds to wait for another apply of the campaign to finish
 
     @property
     def state_path(self) -> Path:
         if self.state is not None:
-            return self.state
+            return Path(self.state)
         return DEFAULT_SANDBOX_STATE if self.sandbox else DEFAULT_STATE
+
+    @property
+    def state_ref(self) -> str | Path:
+        return self.state_path if self.state is None else state_ref(self.state)
 
 
 @dataclass(frozen=True)
@@ -144,10 +173,11 @@ class Console:
 
 def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
     from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
-    from .ledger import Ledger, acquire_lock
+    from .ledger import check_environment_name, open_ledger
     from .send import Applier, SendPolicy, prepare, schedule_for_now
     from .report import progress_bar
 
+    check_environment_name(settings.environment)
     campaign, warnings = load_campaign(settings.file, now=now)
     campaign = schedule_for_now(campaign, now, send_now=settings.send_now)
     plan = build_plan(campaign, warnings, api=settings.api, limit=0)
@@ -162,8 +192,8 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
             console.err.write("nothing sent\n")
             return ExitCode.OK
     with ExitStack() as stack:
-        stack.enter_context(acquire_lock(settings.state_path, campaign.id))
-        ledger = stack.enter_context(Ledger.open(settings.state_path))
+        ledger = stack.enter_context(open_ledger(settings.state_ref, environment=settings.environment))
+        stack.enter_context(ledger.apply_lock(campaign.id, timeout=settings.lock_timeout))
         sandbox = stack.enter_context(_sandbox_for(campaign)) if settings.sandbox else None
         if sandbox is not None:
             base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
@@ -173,6 +203,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
                 base_url=settings.base_url or console.environ.get(BASE_URL_ENV) or None,
                 region=settings.region or console.environ.get(REGION_ENV) or None,
             )
+        ledger.check_environment_host(_api_host(base_url))
         client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout,
                                                max_connections=settings.max_in_flight))
         held = ledger.mark_dead_in_flight_uncertain(campaign.id)
@@ -193,6 +224,13 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
             _collect_sandbox_receipts(sandbox, ledger, campaign.id)
     _reporter(settings.output_format, console.out).apply(result)
     return result.exit_code
+
+
+def _api_host(base_url: str) -> str:
+    """The host an environment's requests go to (no port: a sandbox's changes every run)."""
+    from urllib.parse import urlsplit
+
+    return (urlsplit(base_url).hostname or base_url).lower()
 
 
 def _sandbox_for(campaign: Campaign) -> Sandbox:
@@ -231,19 +269,32 @@ def _verbose_log(err: TextIO, credentials: Credentials) -> Callable[[str], None]
 
 @dataclass(frozen=True)
 class StatusSettings:
-    file: Path
-    state: Path = DEFAULT_STATE
+    file: Path | None  # the campaign file, or None with `campaign_id` (from the ledger alone)
+    state: Path | str = DEFAULT_STATE
     output_format: str = "text"
+    campaign_id: str | None = None
+    environment: str = "default"
 
 
 def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitCode:
-    campaign, _ = load_campaign(settings.file, now=now)
-    if not settings.state.exists():
-        raise CampaignError(f"no state at {settings.state}: campaign {campaign.id} was never applied with it",
-                            hint="pass --state PATH if apply used another one")
-    from .ledger import Ledger
+    from .ledger import check_environment_name, mask_state, open_ledger
 
-    with Ledger.open(settings.state) as ledger:
-        summary = ledger.summary(campaign.id)
+    check_environment_name(settings.environment)
+    if (settings.file is None) == (settings.campaign_id is None):
+        raise CampaignError("status needs a campaign FILE or --id ID (one of them)", exit_code=ExitCode.USAGE)
+    campaign_id = settings.campaign_id or load_campaign(settings.file, now=now)[0].id  # type: ignore[arg-type]
+    state = state_ref(settings.state)
+    if isinstance(state, Path) and not state.exists():
+        raise CampaignError(f"no state at {state}: campaign {campaign_id} was never applied with it",
+                            hint="pass --state PATH if apply used another one")
+    with open_ledger(state, environment=settings.environment) as ledger:
+        summary = ledger.summary(campaign_id)
+        known = ledger.campaign_ids() if settings.file is None and not summary.known else []
+    if settings.file is None and not summary.known:
+        listed = ", ".join(known[:10]) or "none"
+        raise CampaignError(
+            f"campaign '{campaign_id}' is not in the ledger {mask_state(state)} "
+            f"(environment '{settings.environment}'); it knows: {listed}",
+            hint="check --id, --env and --state")
     _reporter(settings.output_format, out).status(summary)
     return ExitCode.PARTIAL if summary.batches.get("failed") or summary.batches.get("uncertain") else ExitCode.OK

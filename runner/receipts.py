@@ -125,7 +125,7 @@ def _handler_for(owner: ReceiptServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def listen(state: Path, host: str, port: int, ready: Callable[[str], None]) -> None:
+def listen(state: str | Path, host: str, port: int, ready: Callable[[str], None]) -> None:
     """Serve receipts into the ledger at `state` until interrupted."""
     with Ledger.open(state) as ledger:
         server = ReceiptServer(ledger, host, port)

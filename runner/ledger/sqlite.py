@@ -137,6 +137,7 @@ class SqliteLedger(Ledger):
     @contextmanager
     def apply_lock(self, campaign_id: str, *, timeout: float = 0.0) -> Iterator[None]:
         with acquire_lock(self.path, campaign_id, environment=self.environment, timeout=timeout):
+            self.write_lock_holder(campaign_id)
             yield
 
 
