@@ -203,6 +203,9 @@ _LIVE: Final = (
 _RECEIPT_COLUMNS: Final = "correlation_id, msisdn, transid, delivery_status, code, description, time_stamp"
 
 
+_INCREMENT: Final = object()  # a `_set_status` column value: add one to the column
+
+
 def now_text() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -381,6 +384,10 @@ class Connection(ABC):
 
     @abstractmethod
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def insert_rows(self, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
+        """`head VALUES row tail` for every row; a backend may send them in fewer statements."""
+        self.executemany(f"{head} VALUES {row} {tail}", rows)
 
     @abstractmethod
     def in_transaction(self) -> bool: ...
@@ -665,9 +672,9 @@ class Ledger(ABC):
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
             (env, batch.key, campaign_id, batch.index, batch.api, len(unique), now, now),
         )
-        connection.executemany(
-            "INSERT INTO destinations(environment, campaign_id, batch_key, msisdn, correlation_id, status) "
-            "VALUES (?, ?, ?, ?, ?, 'pending') "
+        connection.insert_rows(
+            "INSERT INTO destinations(environment, campaign_id, batch_key, msisdn, correlation_id, status)",
+            "(?, ?, ?, ?, ?, 'pending')",
             "ON CONFLICT(environment, campaign_id, msisdn, correlation_id) DO UPDATE "
             "SET batch_key = excluded.batch_key, status = 'pending' "
             "WHERE destinations.status IN ('pending', 'failed', 'uncertain')",
@@ -723,10 +730,12 @@ class Ledger(ABC):
                 f"ledger: batch {batch_key} cannot go from {row[0]} to {status}",
                 exit_code=ExitCode.INTERNAL,
             )
-        assignments = "".join(f", {name} = ?" for name in columns)
+        assignments = "".join(f", {name} = {name} + 1" if value is _INCREMENT else f", {name} = ?"
+                              for name, value in columns.items())
+        values = [value for value in columns.values() if value is not _INCREMENT]
         connection.execute(
             f"UPDATE batches SET status = ?, updated_at = ?{assignments} WHERE environment = ? AND batch_key = ?",
-            (status, now, *columns.values(), env, batch_key),
+            (status, now, *values, env, batch_key),
         )
         connection.execute(
             "UPDATE destinations SET status = ? WHERE environment = ? AND batch_key = ?", (status, env, batch_key)
@@ -735,11 +744,7 @@ class Ledger(ABC):
     def mark_in_flight(self, batch_key: str, run_id: str) -> None:
         """Count an attempt and make `in-flight` durable; call it right before the request leaves."""
         with self._write() as connection:
-            self._set_status(connection, batch_key, "in-flight", now_text(), run_id=run_id)
-            connection.execute(
-                "UPDATE batches SET attempts = attempts + 1 WHERE environment = ? AND batch_key = ?",
-                (self.environment, batch_key),
-            )
+            self._set_status(connection, batch_key, "in-flight", now_text(), run_id=run_id, attempts=_INCREMENT)
 
     def mark_accepted(self, batch_key: str, *, http_status: int, message_id: str | None) -> None:
         with self._write() as connection:
