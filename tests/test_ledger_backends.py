@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections import Counter
@@ -513,3 +515,40 @@ def test_postgres_kill_9_three_times_then_resend_uncertain_sends_everyone_once(
         summary = ledger.summary("pg-kill")
     assert summary.destinations["accepted"] == 600 == summary.total_destinations
     assert summary.runs >= 4
+
+
+def test_a_read_only_sqlite_ledger_gives_one_line_and_exit_2(sandbox: Sandbox) -> None:
+    """Run as an ordinary user (root writes through any permission): as root, the commands
+    run as `nobody` through setpriv, in a folder outside pytest's private one."""
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    if prefix and not Path("/usr/bin/setpriv").exists():
+        pytest.skip("running as root without setpriv: cannot make a file read-only")
+    root = Path(tempfile.mkdtemp(prefix="campaign-read-only-"))
+    try:
+        path, _ = campaign_file(root / "c", "read-only", first=219_000, count=3)
+        folder = root / "ledger"
+        state = folder / "state.db"
+        assert apply_in_process(path, str(state), sandbox.url)[0] == 0
+        for item in (root, root / "c", *(root / "c").iterdir()):
+            item.chmod(item.stat().st_mode | 0o555)  # readable by anyone (nobody)
+        state.chmod(0o444)
+        folder.chmod(0o555)
+        for args in (["status", "--state", str(state), str(path)],
+                     ["apply", "--yes", "--quiet", "--base-url", sandbox.url, "--state", str(state), str(path)]):
+            done = subprocess.run([*prefix, *campaign_command(), *args], env=environment(), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=TIMEOUT, cwd=root)
+            assert done.returncode == 2, (args, done.stdout, done.stderr)
+            assert "Traceback" not in done.stderr and "state.db" in done.stderr, done.stderr
+            assert len([line for line in done.stderr.splitlines() if line.startswith("error")]) <= 1, done.stderr
+    finally:
+        (root / "ledger").chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_postgres_state_without_psycopg_says_what_to_install(tmp_path: Path) -> None:
+    code = "import sys; sys.modules['psycopg'] = None; from runner.cli import main; main()"
+    done = subprocess.run([sys.executable, "-c", code, "status", "--id", "x", "--state",
+                           "postgresql://u:pw-9f1@127.0.0.1/db"], env=environment(), stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'campaign-runner[postgres]'" in done.stderr and "pw-9f1" not in done.stderr
