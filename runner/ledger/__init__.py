@@ -356,6 +356,7 @@ class Dialect:
     placeholder: str  # '?' (sqlite3) or '%s' (psycopg)
     serial: str  # an auto-numbered integer primary key
     begin_write: str  # starts a transaction that will write
+    begin_read: str  # starts a read-only transaction with one snapshot for all its queries
 
     def schema(self) -> str:
         return SCHEMA.replace("{serial}", self.serial)
@@ -488,7 +489,7 @@ class Ledger(ABC):
         with self._lock:
             connection = self._connection()
             try:
-                connection.execute("BEGIN")  # one consistent snapshot for multi-query reads
+                connection.execute(connection.dialect.begin_read)  # one snapshot for multi-query reads
                 yield connection
             except self.storage_errors as exc:
                 raise self.storage_error(exc) from None

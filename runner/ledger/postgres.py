@@ -30,7 +30,9 @@ from . import DEFAULT_ENVIRONMENT, SCHEMA_VERSION, Connection, Cursor, Dialect, 
 if TYPE_CHECKING:
     import psycopg
 
-DIALECT: Final = Dialect(name="postgresql", placeholder="%s", serial="BIGSERIAL PRIMARY KEY", begin_write="BEGIN")
+# reads: REPEATABLE READ, as READ COMMITTED would give each query of a summary its own snapshot
+DIALECT: Final = Dialect(name="postgresql", placeholder="%s", serial="BIGSERIAL PRIMARY KEY", begin_write="BEGIN",
+                         begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 CONNECT_TIMEOUT_SECONDS: Final = 10
 LOCK_POLL_SECONDS: Final = 0.2
 MULTI_ROW_CHUNK: Final = 1000  # rows of one multi-row INSERT (5 parameters each, PostgreSQL allows 65,535)

@@ -34,7 +34,8 @@ from . import DEFAULT_ENVIRONMENT, SCHEMA_VERSION, Connection, Cursor, Dialect, 
 BUSY_TIMEOUT_MS: Final = 30_000
 LOCK_POLL_SECONDS: Final = 0.1
 
-DIALECT: Final = Dialect(name="sqlite", placeholder="?", serial="INTEGER PRIMARY KEY", begin_write="BEGIN IMMEDIATE")
+DIALECT: Final = Dialect(name="sqlite", placeholder="?", serial="INTEGER PRIMARY KEY", begin_write="BEGIN IMMEDIATE",
+                         begin_read="BEGIN")
 
 # version 1 (before environments): every row moves to the environment 'default'
 _V1_TABLES: Final = ("receipts", "destinations", "batches", "runs", "campaigns")  # children first
