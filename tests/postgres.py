@@ -6,18 +6,25 @@ PostgreSQL binaries) is started per test process in a temporary folder on first 
 deleted at exit; under xdist each worker has its own. Run as root, pgserver runs the
 server as its own unprivileged user (PostgreSQL refuses root). Each test gets a fresh
 database, so tests never see each other's rows or advisory locks.
+
+The server is stopped (and its folder deleted) by the session fixture
+`stop_postgres_at_session_end`, which the modules using it import: xdist workers end
+without running `atexit` handlers, which would leave one server per worker running.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Iterator
 import tempfile
 import threading
 import uuid
 import warnings
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 URL_ENV = "CAMPAIGN_TEST_POSTGRES_URL"
 
@@ -42,6 +49,20 @@ def server_url() -> str:
             _server["server"] = server
             _server["url"] = server.get_uri()
         return str(_server["url"])
+
+
+def stop_server() -> None:
+    with _lock:
+        server = _server.pop("server", None)
+        _server.pop("url", None)
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_postgres_at_session_end() -> Iterator[None]:
+    yield
+    stop_server()
 
 
 def with_database(url: str, database: str) -> str:

@@ -39,7 +39,7 @@ from runner.ledger import Ledger
 from runner.sandbox import Sandbox, SandboxSettings
 
 from .helpers import number, write_campaign, write_csv
-from .postgres import fresh_database
+from .postgres import fresh_database, stop_postgres_at_session_end  # noqa: F401 (stops the server)
 
 KEY = "chaos-key-7a3d91"
 ENV = {"WEBEX_CONNECT_SERVICE_KEY": KEY}

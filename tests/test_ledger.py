@@ -19,7 +19,7 @@ from runner.errors import CampaignError, ExitCode
 from runner.ledger import STATUSES, FailureGroup, Ledger, acquire_lock, lock_path, open_ledger
 from runner.model import Batch, Destination
 
-from .postgres import fresh_database
+from .postgres import fresh_database, stop_postgres_at_session_end  # noqa: F401 (stops the server)
 
 CAMPAIGN = "spring-sale"
 

@@ -35,7 +35,7 @@ from runner.model import Batch, Destination
 from runner.sandbox import Sandbox, SandboxSettings
 
 from .helpers import number, write_campaign, write_csv
-from .postgres import fresh_database, terminate_other_sessions
+from .postgres import fresh_database, stop_postgres_at_session_end, terminate_other_sessions  # noqa: F401
 
 KEY = "backends-key-51c0"
 ENV = {"WEBEX_CONNECT_SERVICE_KEY": KEY}
