@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from runner.commands import ApplySettings, Console, StatusSettings, run_apply, run_status
+from runner.commands import ApplySettings, Console, StatusSettings, parse_duration, run_apply, run_status
 from runner.errors import CampaignError, ExitCode
 from runner.ledger import Ledger, mask_state, open_ledger
 from runner.model import Batch, Destination
@@ -396,8 +396,34 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
     assert done.returncode == 2, done.stderr
     assert "s3cr3t-pw" not in done.stderr + done.stdout
     assert f"postgresql://runner:***@127.0.0.1:{port}/ledger" in done.stderr
-    assert mask_state(f"postgresql://u@h/db?password=s3cr3t-pw&sslmode=require") == (
+    assert mask_state("postgresql://u@h/db?password=s3cr3t-pw&sslmode=require") == (
         "postgresql://u@h/db?password=***&sslmode=require")
+
+
+def test_the_state_from_a_file_is_not_printed(tmp_path: Path) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    secret = tmp_path / "state-url"
+    secret.write_text(f"postgresql://runner:f1le-pw@127.0.0.1:{port}/ledger?connect_timeout=5\n", encoding="utf-8")
+    done = subprocess.run([*campaign_command(), "status", "--id", "x"], stdin=subprocess.DEVNULL,
+                          env={**environment(), "CAMPAIGN_STATE_FILE": str(secret)}, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 2, done.stderr
+    assert "f1le-pw" not in done.stderr + done.stdout and "postgresql://runner:***@127.0.0.1" in done.stderr
+
+
+@pytest.mark.parametrize("text,seconds", [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("2.5", 2.5),
+                                          ("0s", 0.0)])
+def test_lock_timeout_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5 minutes", "-1s", "1d"])
+def test_a_bad_lock_timeout_is_a_usage_error(text: str) -> None:
+    with pytest.raises(CampaignError) as refused:
+        parse_duration(text)
+    assert refused.value.exit_code == ExitCode.USAGE
 
 
 def test_a_connection_lost_mid_apply_exits_3_and_the_next_run_holds_the_batches(

@@ -896,8 +896,8 @@ class Ledger(ABC):
     def record_receipts(
         self, receipts: Sequence[Mapping[str, Any]], *, campaign_id: str | None = None
     ) -> list[bool]:
-        """Store many receipts in one transaction (one commit for a listener's group);
-        for each, whether it matched a destination.
+        """Store many receipts in one transaction (one commit for a listener's group, and a
+        few statements whatever its size); for each, whether it matched a destination.
 
         Matching: by `correlationid`, then, when several campaigns or environments hold
         that id, by `transid` = the batch's messageId (UNCONFIRMED vendor fact); with no
@@ -909,71 +909,63 @@ class Ledger(ABC):
         appears. Storing the same receipt again (the vendor retried) changes nothing.
         """
         now = now_text()
+        parsed = [_receipt_fields(receipt) for receipt in receipts]
         results: list[bool] = []
+        stored: dict[tuple[str, ...], tuple[str, ...]] = {}  # unique key -> row (duplicates in a group)
+        orphans: dict[tuple[str, ...], tuple[str, ...]] = {}
         with self._write() as connection:
-            for receipt in receipts:
-                fields = _receipt_fields(receipt)
-                matched = self._match_receipt(connection, campaign_id, fields)
+            by_correlation = self._candidates(
+                connection, "d.correlation_id", {f["correlationid"] for f in parsed if f["correlationid"]}, campaign_id)
+            by_transid = self._candidates(
+                connection, "b.message_id",
+                {f["transid"] for f in parsed if f["transid"] and not by_correlation.get(f["correlationid"])},
+                campaign_id)
+            for fields in parsed:
+                matched = _choose(fields, by_correlation.get(fields["correlationid"], []),
+                                  by_transid.get(fields["transid"], []))
+                values = _receipt_values(fields)
                 if matched is None:
-                    connection.execute(
-                        f"INSERT INTO orphan_receipts({_RECEIPT_COLUMNS}, received_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                        (*_receipt_values(fields), now),
-                    )
+                    orphans.setdefault((*values[:5], values[6]), (*values, now))
                     results.append(False)
                     continue
-                self._store_receipt(connection, matched, fields, now)
+                env, campaign, batch_key, msisdn, correlation = matched
+                row = (env, campaign, batch_key or "", correlation, msisdn, *values[2:], now)
+                stored.setdefault((env, campaign, correlation, msisdn, *values[2:5], values[6]), row)
                 results.append(True)
+            if stored:
+                connection.insert_rows(
+                    f"INSERT INTO receipts(environment, campaign_id, batch_key, {_RECEIPT_COLUMNS}, received_at)",
+                    "(?, ?, NULLIF(?, ''), ?, ?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT DO NOTHING", list(stored.values()))
+            if orphans:
+                connection.insert_rows(
+                    f"INSERT INTO orphan_receipts({_RECEIPT_COLUMNS}, received_at)",
+                    "(?, ?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT DO NOTHING", list(orphans.values()))
         return results
 
-    def _match_receipt(
-        self, connection: Connection, campaign_id: str | None, fields: Mapping[str, str]
-    ) -> tuple[str, str, str | None, str, str] | None:
-        """(environment, campaign, batch_key, msisdn, correlation_id) of the one destination
-        (or batch) the receipt is for, or None when there is none or it is ambiguous."""
-        correlation_id, transid = fields["correlationid"], fields["transid"]
-        number = _digits(fields["destination"])
+    _CANDIDATES: Final = (
+        "SELECT d.environment, d.campaign_id, d.batch_key, d.msisdn, d.correlation_id, b.message_id "
+        "FROM destinations d JOIN batches b ON b.environment = d.environment AND b.batch_key = d.batch_key "
+    )
+    _CANDIDATE_CHUNK: Final = 500  # keys per IN (...) list
+
+    def _candidates(
+        self, connection: Connection, column: str, keys: set[str], campaign_id: str | None
+    ) -> dict[str, list[tuple[Any, ...]]]:
+        """Destinations whose correlation id (or whose batch's messageId) is one of `keys`,
+        by that key; one query per chunk of keys."""
+        found: dict[str, list[tuple[Any, ...]]] = {}
         scope, scope_params = "", cast(tuple[str, ...], ())
         if campaign_id is not None:
             scope, scope_params = " AND d.environment = ? AND d.campaign_id = ?", (self.environment, campaign_id)
-        select = (
-            "SELECT d.environment, d.campaign_id, d.batch_key, d.msisdn, d.correlation_id, b.message_id "
-            "FROM destinations d JOIN batches b ON b.environment = d.environment AND b.batch_key = d.batch_key "
-        )
-        candidates: list[tuple[Any, ...]] = []
-        if correlation_id:
-            candidates = connection.execute(
-                select + "WHERE d.correlation_id = ?" + scope, (correlation_id, *scope_params)
-            ).fetchall()
-            if transid and len({(row[0], row[1]) for row in candidates}) > 1:
-                by_message = [row for row in candidates if row[5] == transid]
-                candidates = by_message or candidates
-        if not candidates and transid:
-            candidates = connection.execute(select + "WHERE b.message_id = ?" + scope, (transid, *scope_params)).fetchall()
-        if number:  # never stored against a batch for a number that batch did not contain
-            candidates = [row for row in candidates if _digits(row[3]) == number]
-        if not candidates or len({(row[0], row[1]) for row in candidates}) != 1:
-            return None
-        if len(candidates) == 1:
-            env, matched_campaign, batch_key, msisdn, matched_correlation, _ = candidates[0]
-            return str(env), str(matched_campaign), str(batch_key), str(msisdn), str(matched_correlation)
-        # one request (one messageId) for several destinations, no number to tell them apart
-        env, matched_campaign = candidates[0][0], candidates[0][1]
-        keys = {row[2] for row in candidates}
-        batch = str(candidates[0][2]) if len(keys) == 1 else None
-        return str(env), str(matched_campaign), batch, fields["destination"], correlation_id
-
-    @staticmethod
-    def _store_receipt(
-        connection: Connection, matched: tuple[str, str, str | None, str, str], fields: Mapping[str, str], now: str
-    ) -> None:
-        env, campaign, batch_key, msisdn, correlation = matched
-        values = _receipt_values(fields)
-        connection.execute(
-            f"INSERT INTO receipts(environment, campaign_id, batch_key, {_RECEIPT_COLUMNS}, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (env, campaign, batch_key, correlation, msisdn, *values[2:], now),
-        )
+        ordered = sorted(keys)
+        key_at = 4 if column == "d.correlation_id" else 5
+        for start in range(0, len(ordered), self._CANDIDATE_CHUNK):
+            chunk = ordered[start:start + self._CANDIDATE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in connection.execute(f"{self._CANDIDATES}WHERE {column} IN ({marks}){scope}",
+                                          (*chunk, *scope_params)):
+                found.setdefault(str(row[key_at]), []).append(tuple(row))
+        return found
 
     def _adopt_orphans(self, connection: Connection, batch_key: str, message_id: str | None) -> None:
         """Match the orphan receipts that the batch `batch_key` (just recorded, or just
@@ -987,9 +979,17 @@ class Ledger(ABC):
         for receipt_id, correlation_id, msisdn, transid, status, code, description, time_stamp, received_at in rows:
             fields = {"correlationid": correlation_id, "destination": msisdn, "transid": transid,
                       "deliverystatus": status, "code": code, "description": description, "timestamp": time_stamp}
-            matched = self._match_receipt(connection, None, fields)
+            by_correlation = self._candidates(connection, "d.correlation_id", {correlation_id} - {""}, None)
+            by_transid = self._candidates(connection, "b.message_id", {transid} - {""}, None)
+            matched = _choose(fields, by_correlation.get(correlation_id, []), by_transid.get(transid, []))
             if matched is not None:
-                self._store_receipt(connection, matched, fields, str(received_at))
+                env, campaign, matched_batch, number, correlation = matched
+                connection.execute(
+                    f"INSERT INTO receipts(environment, campaign_id, batch_key, {_RECEIPT_COLUMNS}, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (env, campaign, matched_batch, correlation, number, transid, status, code, description,
+                     time_stamp, received_at),
+                )
                 connection.execute("DELETE FROM orphan_receipts WHERE receipt_id = ?", (receipt_id,))
 
     def orphan_receipt_count(self) -> int:
@@ -1096,6 +1096,33 @@ def _receipt_fields(receipt: Mapping[str, Any]) -> dict[str, str]:
         "description": text(info.get("description")),
         "timestamp": text(info.get("timestamp")),
     }
+
+
+def _choose(
+    fields: Mapping[str, str], by_correlation: Sequence[tuple[Any, ...]], by_transid: Sequence[tuple[Any, ...]]
+) -> tuple[str, str, str | None, str, str] | None:
+    """(environment, campaign, batch_key, msisdn, correlation_id) of the one destination (or
+    batch) a receipt is for, from the candidate rows (environment, campaign, batch_key,
+    msisdn, correlation_id, message_id) found by its correlation id and by its transid;
+    None when there is none or it is ambiguous."""
+    transid = fields["transid"]
+    number = _digits(fields["destination"])
+    candidates = list(by_correlation)
+    if candidates and transid and len({(row[0], row[1]) for row in candidates}) > 1:
+        candidates = [row for row in candidates if row[5] == transid] or candidates
+    if not candidates and transid:
+        candidates = list(by_transid)
+    if number:  # never stored against a batch for a number that batch did not contain
+        candidates = [row for row in candidates if _digits(row[3]) == number]
+    if not candidates or len({(row[0], row[1]) for row in candidates}) != 1:
+        return None
+    if len(candidates) == 1:
+        env, campaign, batch_key, msisdn, correlation_id, _ = candidates[0]
+        return str(env), str(campaign), str(batch_key), str(msisdn), str(correlation_id)
+    # one request (one messageId) for several destinations, no number to tell them apart
+    keys = {row[2] for row in candidates}
+    batch = str(candidates[0][2]) if len(keys) == 1 else None
+    return str(candidates[0][0]), str(candidates[0][1]), batch, fields["destination"], fields["correlationid"]
 
 
 def _receipt_values(fields: Mapping[str, str]) -> tuple[str, ...]:
