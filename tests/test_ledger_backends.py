@@ -435,7 +435,7 @@ def test_a_connection_lost_mid_apply_exits_3_and_the_next_run_holds_the_batches(
                               text=True) as running:
             while slow.stats()["requests"] < 8 and running.poll() is None:
                 threading.Event().wait(0.05)  # polling a condition, not a timing assertion
-            assert terminate_other_sessions(pg_state) == 1  # what a server restart does to the session
+            assert terminate_other_sessions(pg_state) >= 1  # what a server restart does to the sessions
             out, err = running.communicate(timeout=TIMEOUT)
         assert running.returncode == 3, err
         assert "lost the ledger postgresql://" in err and "Traceback" not in err

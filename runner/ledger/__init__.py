@@ -393,6 +393,10 @@ class Connection(ABC):
     @abstractmethod
     def in_transaction(self) -> bool: ...
 
+    def usable(self) -> bool:
+        """Whether the connection may serve another transaction (not closed or broken)."""
+        return True
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -468,9 +472,14 @@ class Ledger(ABC):
         )
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _session(self) -> Iterator[Connection]:
+        """The connection for one transaction, this thread's alone until the block ends."""
         with self._lock:
-            connection = self._connection()
+            yield self._connection()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._session() as connection:
             # Everything from BEGIN to COMMIT sits inside the try: an interrupt (Ctrl-C,
             # SIGTERM) landing anywhere in between must not leave a transaction open.
             try:
@@ -486,8 +495,7 @@ class Ledger(ABC):
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._lock:
-            connection = self._connection()
+        with self._session() as connection:
             try:
                 connection.execute(connection.dialect.begin_read)  # one snapshot for multi-query reads
                 yield connection

@@ -5,9 +5,13 @@ only when a `postgresql://` state is used. One connection in autocommit mode, wi
 shared queries' explicit BEGIN/COMMIT; `synchronous_commit` stays the server's (on by
 default), so a commit, notably `in-flight`, is durable when it returns.
 
-The apply lock is a session advisory lock (`pg_try_advisory_lock`) taken on that same
-connection: when the apply's process dies, even by kill -9, its connection drops and
-the server releases the lock. Who holds it is written to `apply_locks` for the refusal
+The apply lock is a session advisory lock (`pg_try_advisory_lock`) taken on the
+ledger's first connection, which does nothing else: when the apply's process dies, even
+by kill -9, its connection drops and the server releases the lock. Transactions run on
+a small pool of other connections (`POOL_SIZE`), one per thread at a time, so the
+sender's main thread records the next batch while its workers mark answers: PostgreSQL
+runs them side by side where SQLite would serialise them anyway. A pool connection that
+breaks is dropped; its error ends the apply like a crash (see the package docstring). Who holds it is written to `apply_locks` for the refusal
 message. Migrations run on first use, in one transaction under a transaction-level
 advisory lock, so two first uses do not race.
 
@@ -18,6 +22,7 @@ only; every message names the state through `mask_state`.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +40,7 @@ DIALECT: Final = Dialect(name="postgresql", placeholder="%s", serial="BIGSERIAL 
                          begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 CONNECT_TIMEOUT_SECONDS: Final = 10
 LOCK_POLL_SECONDS: Final = 0.2
+POOL_SIZE: Final = 4  # connections for transactions (the sender's main thread and its workers)
 MULTI_ROW_CHUNK: Final = 1000  # rows of one multi-row INSERT (5 parameters each, PostgreSQL allows 65,535)
 # pg_advisory_xact_lock key that serialises migrations ("campaign-runner schema")
 _MIGRATION_LOCK: Final = 0x63616D7061696E67
@@ -74,6 +80,9 @@ class _PostgresConnection(Connection):
             values = ", ".join([row] * len(chunk))
             self.raw.execute(self.sql(f"{head} VALUES {values} {tail}"), [v for r in chunk for v in r])
 
+    def usable(self) -> bool:
+        return not self.raw.closed and not self.raw.broken
+
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
 
@@ -92,6 +101,10 @@ def _advisory_key(environment: str, campaign_id: str) -> int:
 class PostgresLedger(Ledger):
     def __init__(self, url: str, connection: Connection, environment: str = DEFAULT_ENVIRONMENT) -> None:
         super().__init__(mask_state(url), connection, environment)
+        self._url = url
+        self._idle: list[Connection] = []
+        self._pool_guard = threading.Lock()
+        self._slots = threading.BoundedSemaphore(POOL_SIZE)
         psycopg = _psycopg()
         # OperationalError: the server went away or refused; DatabaseError covers a
         # server-side failure (disk full, admin shutdown) that is not a bug of our SQL
@@ -125,6 +138,39 @@ class PostgresLedger(Ledger):
             raw.close()
             raise
         return cls(url, connection, environment)
+
+    @contextmanager
+    def _session(self) -> Iterator[Connection]:
+        self._connection()  # not after close()
+        with self._slots:
+            with self._pool_guard:
+                connection = self._idle.pop() if self._idle else None
+            if connection is None:
+                connection = self._open_pooled()
+            try:
+                yield connection
+            finally:
+                if connection.usable() and self._state.connection is not None:
+                    with self._pool_guard:
+                        self._idle.append(connection)
+                else:
+                    _close_quietly(connection)
+
+    def _open_pooled(self) -> Connection:
+        psycopg = _psycopg()
+        try:
+            raw = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                  application_name="campaign-runner")
+        except psycopg.Error as exc:
+            raise self.storage_error(RuntimeError(_clean(exc, self._url))) from None
+        return _PostgresConnection(raw)
+
+    def close(self) -> None:
+        super().close()
+        with self._pool_guard:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            _close_quietly(connection)
 
     @contextmanager
     def apply_lock(self, campaign_id: str, *, timeout: float = 0.0) -> Iterator[None]:
@@ -166,6 +212,13 @@ class PostgresLedger(Ledger):
                 connection.execute("SELECT pg_advisory_unlock(?)", (key,))
             except self.storage_errors:
                 pass  # the connection is gone, and the lock with it
+
+
+def _close_quietly(connection: Connection) -> None:
+    try:
+        connection.close()
+    except Exception:  # closing a broken connection: nothing left to release
+        pass
 
 
 def _migrate(connection: Connection, shown: str) -> None:
