@@ -177,10 +177,12 @@ ENV_OPTION = click.option("--env", "environment", envvar="CAMPAIGN_ENV", default
 
 
 def _state_from(state: str | None, default: str | None) -> str | None:
-    """--state, else CAMPAIGN_STATE (click's envvar), else the content of the file that
-    CAMPAIGN_STATE_FILE names (a URL with a password is a secret), else the default."""
+    """--state, else CAMPAIGN_STATE, else the content of the file that CAMPAIGN_STATE_FILE
+    names (a URL with a password is a secret), else the default."""
     if state:
         return state
+    if os.environ.get("CAMPAIGN_STATE"):
+        return os.environ["CAMPAIGN_STATE"]
     named = os.environ.get("CAMPAIGN_STATE_FILE")
     if not named:
         return default
@@ -198,7 +200,8 @@ def _state_from(state: str | None, default: str | None) -> str | None:
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--state", envvar="CAMPAIGN_STATE", default=None, help=STATE_HELP)
+@click.option("--state", default=None, help=STATE_HELP + " --sandbox ignores the variables: a rehearsal never "
+              "writes to the real ledger unless --state names it.")
 @ENV_OPTION
 @click.option("--lock-timeout", default="0s", show_default=True, metavar="DURATION",
               help="Wait this long (30s, 5m) for another apply of the campaign to finish instead of refusing.")
@@ -228,7 +231,7 @@ def apply(file: Path, state: str | None, environment: str, lock_timeout: str, ap
 
         _freeze_imports()
 
-        settings = ApplySettings(file=file, state=_state_from(state, None), api="v1" if api == "v1" else "v2",
+        settings = ApplySettings(file=file, state=state if sandbox else _state_from(state, None), api="v1" if api == "v1" else "v2",
                                  yes=yes, quiet=quiet,
                                  verbose=verbose, resend_uncertain=resend_uncertain, allow_changes=allow_changes,
                                  send_now=send_now, sandbox=sandbox, base_url=base_url, region=region,

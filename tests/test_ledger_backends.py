@@ -578,3 +578,19 @@ def test_a_postgres_state_without_psycopg_says_what_to_install(tmp_path: Path) -
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 2, done.stderr
     assert "pip install 'campaign-runner[postgres]'" in done.stderr and "pw-9f1" not in done.stderr
+
+
+def test_campaign_state_is_used_by_apply_but_never_by_a_rehearsal(tmp_path: Path, sandbox: Sandbox) -> None:
+    path, numbers = campaign_file(tmp_path / "c", "from-env", first=229_000, count=3)
+    real = tmp_path / "real.db"
+    env = {**environment(), "CAMPAIGN_STATE": str(real)}
+    rehearsal = subprocess.run([*campaign_command(), "apply", "--yes", "--quiet", "--sandbox", str(path)], env=env,
+                               cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
+    assert rehearsal.returncode == 0, rehearsal.stderr
+    assert not real.exists() and (tmp_path / ".campaign" / "sandbox.db").is_file()
+    sent = subprocess.run([*campaign_command(), "apply", "--yes", "--quiet", "--base-url", sandbox.url, str(path)],
+                          env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert sent.returncode == 0, sent.stderr
+    with open_ledger(real) as ledger:
+        assert ledger.accepted_msisdns("from-env") == set(numbers)
