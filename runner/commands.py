@@ -280,9 +280,12 @@ def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitC
     from .ledger import check_environment_name, mask_state, open_ledger
 
     check_environment_name(settings.environment)
-    if (settings.file is None) == (settings.campaign_id is None):
+    if settings.file is not None and settings.campaign_id is None:
+        campaign_id = load_campaign(settings.file, now=now)[0].id
+    elif settings.campaign_id is not None and settings.file is None:
+        campaign_id = settings.campaign_id
+    else:
         raise CampaignError("status needs a campaign FILE or --id ID (one of them)", exit_code=ExitCode.USAGE)
-    campaign_id = settings.campaign_id or load_campaign(settings.file, now=now)[0].id  # type: ignore[arg-type]
     state = state_ref(settings.state)
     if isinstance(state, Path) and not state.exists():
         raise CampaignError(f"no state at {state}: campaign {campaign_id} was never applied with it",
