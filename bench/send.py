@@ -506,6 +506,12 @@ def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: Naive
                   f"attempts {a.result['attempts']:,}, 7020 {a.child.sandbox_stats.get('rejected_7020', 0):,}, "
                   f"CPU {a.child.cpu / done * 10_000:.2f} s / 10k, peak RSS {a.child.peak_rss_mb:.1f} MB"
                   + (f", most in any 1 s {p.peak:,}" if p else ""))
+    for k, a in enumerate(pg_applies or [], 1):
+        p = pacing(a.child.timeline)
+        print(f"  PostgreSQL run {k}: send phase {float(a.result['elapsedSeconds']):.2f} s, "
+              f"{float(a.result['destinationsPerSecond']) / tps:.3f} x tps, attempts {a.result['attempts']:,}, "
+              f"7020 {a.child.sandbox_stats.get('rejected_7020', 0):,}"
+              + (f", requests arrived over {p.span:.2f} s, most in any 1 s {p.peak:,}" if p else ""))
     print(f"  result: accepted {r['accepted']:,} requests / {sent:,} destinations, failed {r['failed']}, "
           f"uncertain {r['uncertain']}, attempts {r['attempts']:,}, exit code {r['exitCode']}")
     print(f"  process wall {proc_wall:.2f} s = send phase {send_wall:.2f} s + {proc_wall - send_wall:.2f} s outside "
