@@ -6,6 +6,7 @@ Run from the repository root (the package installed, `campaign` on PATH):
     python bench/send.py --repeat 3                        # three apply runs, the median tabled
     python bench/send.py --recipients 20000 --baseline-sample 100
     python bench/send.py --workdir /tmp/bench-send --keep  # keep data, ledger, logs
+    python bench/send.py --state postgresql://USER@HOST/DB # also apply into PostgreSQL, beside SQLite
 
 It generates a CSV audience (`msisdn,name`, distinct valid E.164 numbers, every one
 checked with `runner.recipients.normalise_msisdn`) and a campaign with a plain-variable
@@ -348,11 +349,17 @@ class NaiveRun:
 
 
 def run_apply(directory: Path, campaign: Path, sandbox: SandboxProcess, extra: list[str],
-              name: str = "apply") -> ApplyRun:
-    state = directory / f"{name}-state.db"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(f"{state}{suffix}").unlink(missing_ok=True)
-    cmd = [*campaign_command(), "apply", "--yes", "--quiet", "--base-url", sandbox.url, "--state", str(state),
+              name: str = "apply", postgres: str | None = None) -> ApplyRun:
+    """One apply on a fresh ledger: a new SQLite file, or with `postgres` (a URL) a new
+    environment in that database (everything in the ledger is keyed by environment)."""
+    if postgres is None:
+        state = str(directory / f"{name}-state.db")
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            Path(f"{state}{suffix}").unlink(missing_ok=True)
+    else:
+        state = postgres
+        extra = [*extra, "--env", f"bench-{os.getpid()}-{time.time_ns()}"]
+    cmd = [*campaign_command(), "apply", "--yes", "--quiet", "--base-url", sandbox.url, "--state", state,
            "--format", "json", *extra, str(campaign)]
     env = {**os.environ, "WEBEX_CONNECT_SERVICE_KEY": SERVICE_KEY}
     for variable in ("WEBEX_CONNECT_JWT", "WEBEX_CONNECT_JWT_FILE", "WEBEX_CONNECT_SERVICE_KEY_FILE"):
@@ -431,12 +438,19 @@ def _cpu_note(seconds: float | None, per: int) -> str:
     return "n/a" if seconds is None else f"{seconds:.2f} s ({seconds / per * 10_000:.2f} s / 10k)"
 
 
-def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: NaiveRun, plan: Child) -> None:
+def _median(applies: list[ApplyRun]) -> ApplyRun:
+    ranked = sorted(applies, key=lambda a: float(a.result["elapsedSeconds"]))
+    return ranked[len(ranked) // 2]
+
+
+def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: NaiveRun, plan: Child,
+                 pg_applies: list[ApplyRun] | None = None) -> None:
     tps = args.tps
     ranked = sorted(applies, key=lambda a: float(a.result["elapsedSeconds"]))
     apply = ranked[len(ranked) // 2]  # the median run (the slower middle one of an even count)
     r = apply.result
     sent = int(r["acceptedDestinations"])
+    # (the PostgreSQL runs, when asked for, are tabled beside these)
     send_wall = float(r["elapsedSeconds"])
     send_rate = float(r["destinationsPerSecond"])
     proc_wall = apply.child.wall
@@ -466,11 +480,25 @@ def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: Naive
         ("apply: whole process", sent, proc_wall, sent / proc_wall, cpu_10k, apply.child.peak_rss_mb),
         (f"naive: sample of {n:,}", n, naive.result["seconds"], naive_rate, naive_cpu_10k, naive.child.peak_rss_mb),
     ]
+    pg = _median(pg_applies) if pg_applies else None
+    if pg is not None:
+        pg_sent = int(pg.result["acceptedDestinations"])
+        rows.insert(2, ("apply, PostgreSQL: send", pg_sent, float(pg.result["elapsedSeconds"]),
+                        float(pg.result["destinationsPerSecond"]), pg.child.cpu / max(pg_sent, 1) * 10_000,
+                        pg.child.peak_rss_mb))
+        rows.insert(3, ("apply, PostgreSQL: process", pg_sent, pg.child.wall, pg_sent / pg.child.wall,
+                        pg.child.cpu / max(pg_sent, 1) * 10_000, pg.child.peak_rss_mb))
     for mode, dests, wall, rate, cpu, rss in rows:
         print(f"{mode:<28} {dests:>12,} {wall:>8.2f} {rate:>9,.0f} {rate / tps:>13.3f} {cpu:>12.2f} {rss:>12.1f}")
     print()
     goal = send_rate / tps
-    print(f"goal: apply send phase >= 0.95 x tps: {goal:.3f} -> {'met' if goal >= 0.95 else 'NOT met'}")
+    print(f"goal: apply send phase >= 0.95 x tps: {goal:.3f} -> {'met' if goal >= 0.95 else 'NOT met'}"
+          + (" (SQLite ledger)" if pg is not None else ""))
+    if pg is not None:
+        pg_goal = float(pg.result["destinationsPerSecond"]) / tps
+        print(f"goal: apply send phase >= 0.95 x tps: {pg_goal:.3f} -> {'met' if pg_goal >= 0.95 else 'NOT met'} "
+              f"(PostgreSQL ledger, {len(pg_applies or [])} run(s), median; 7020 "
+              f"{pg.child.sandbox_stats.get('rejected_7020', 0):,}, exit code {pg.result['exitCode']})")
     if naive_rate > 0:
         print(f"naive extrapolated to {args.recipients:,}: {args.recipients / naive_rate:,.0f} s "
               f"({args.recipients / naive_rate / 3600:.1f} h) vs apply {proc_wall:.1f} s whole process; "
@@ -487,6 +515,12 @@ def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: Naive
                   f"attempts {a.result['attempts']:,}, 7020 {a.child.sandbox_stats.get('rejected_7020', 0):,}, "
                   f"CPU {a.child.cpu / done * 10_000:.2f} s / 10k, peak RSS {a.child.peak_rss_mb:.1f} MB"
                   + (f", most in any 1 s {p.peak:,}" if p else ""))
+    for k, a in enumerate(pg_applies or [], 1):
+        p = pacing(a.child.timeline)
+        print(f"  PostgreSQL run {k}: send phase {float(a.result['elapsedSeconds']):.2f} s, "
+              f"{float(a.result['destinationsPerSecond']) / tps:.3f} x tps, attempts {a.result['attempts']:,}, "
+              f"7020 {a.child.sandbox_stats.get('rejected_7020', 0):,}"
+              + (f", requests arrived over {p.span:.2f} s, most in any 1 s {p.peak:,}" if p else ""))
     print(f"  result: accepted {r['accepted']:,} requests / {sent:,} destinations, failed {r['failed']}, "
           f"uncertain {r['uncertain']}, attempts {r['attempts']:,}, exit code {r['exitCode']}")
     print(f"  process wall {proc_wall:.2f} s = send phase {send_wall:.2f} s + {proc_wall - send_wall:.2f} s outside "
@@ -516,8 +550,14 @@ def print_report(args: argparse.Namespace, applies: list[ApplyRun], naive: Naive
         done, held = int(a.result["acceptedDestinations"]), a.child.sandbox_stats.get("accepted_messages", 0)
         if done != args.recipients or held != args.recipients:
             problems.append(f"apply run {k} delivered {done:,} (sandbox holds {held:,}) of {args.recipients:,}")
+    for k, a in enumerate(pg_applies or [], 1):
+        done, held = int(a.result["acceptedDestinations"]), a.child.sandbox_stats.get("accepted_messages", 0)
+        if done != args.recipients or held != args.recipients:
+            problems.append(f"PostgreSQL apply run {k} delivered {done:,} (sandbox holds {held:,}) "
+                            f"of {args.recipients:,}")
     named = [(f"apply run {k}" if len(applies) > 1 else "apply", a.child.sandbox_stats)
              for k, a in enumerate(applies, 1)]
+    named += [(f"PostgreSQL apply run {k}", a.child.sandbox_stats) for k, a in enumerate(pg_applies or [], 1)]
     for name, stats in (*named, ("naive", naive.child.sandbox_stats)):
         if stats.get("rejected_7020", 0):
             problems.append(f"{name}: the sandbox refused {stats['rejected_7020']:,} requests over TPS (7020)")
@@ -570,7 +610,12 @@ def main(argv: list[str] | None = None) -> int:
                         "text unique to each recipient: one request per destination)")
     parser.add_argument("--workdir", type=Path, help="where to write data (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep generated files, ledger and logs")
+    parser.add_argument("--state", default=None, metavar="URL",
+                        help="a postgresql:// ledger: apply runs into it too (a fresh environment each), "
+                        "tabled beside the SQLite runs")
     args = parser.parse_args(argv)
+    if args.state is not None and not args.state.startswith(("postgresql://", "postgres://")):
+        parser.error("--state takes a postgresql:// URL (the SQLite runs always happen)")
     if not 1 <= args.recipients <= MAX_RECIPIENTS:
         parser.error(f"--recipients must be between 1 and {MAX_RECIPIENTS:,}")
     if args.tps < 1 or args.latency < 0:
@@ -604,12 +649,17 @@ def main(argv: list[str] | None = None) -> int:
                 by_mode.setdefault(mode, []).append(
                     run_apply(directory, campaigns[mode], sandbox, extra, "apply" if mode == "platform" else "apply-" + mode))
         first = args.modes[0]
+        pg_applies = []
+        for attempt in range(1, (args.repeat + 1) if args.state else 1):
+            print(f"apply ({first}) into PostgreSQL {attempt}/{args.repeat} -> {sandbox.url} ...", file=sys.stderr,
+                  flush=True)
+            pg_applies.append(run_apply(directory, campaigns[first], sandbox, extra, postgres=args.state))
         print(f"naive, {args.baseline_sample:,} recipients ...", file=sys.stderr, flush=True)
         naive = run_naive(directory, audience, sandbox, args.baseline_sample)
         print(f"plan ({first}: the pre-pass alone) ...", file=sys.stderr, flush=True)
         plan = run_plan(directory, campaigns[first], sandbox)
         print(f"detail of the {first} mode:")
-        print_report(args, by_mode[first], naive, plan)
+        print_report(args, by_mode[first], naive, plan, pg_applies)
         print_modes(args, by_mode)
     finally:
         if sandbox is not None:

@@ -263,12 +263,42 @@ def compile_command(file: Path, output: Path | None, api: str) -> None:
         sys.exit(run_compile(settings, now=now_utc(), out=_stdout()))
 
 
-STATE_HELP = "Ledger file (default .campaign/state.db; .campaign/sandbox.db with --sandbox)."
+STATE_HELP = ("Ledger: a SQLite file (default .campaign/state.db; .campaign/sandbox.db with --sandbox) or a "
+              "postgresql:// URL; env CAMPAIGN_STATE (or CAMPAIGN_STATE_FILE naming a file that holds it).")
+ENV_OPTION = click.option("--env", "environment", envvar="CAMPAIGN_ENV", default="default", show_default=True,
+                          help="The environment (tenant) this run targets; env CAMPAIGN_ENV. "
+                          "Each environment gets every campaign once.")
+
+
+def _state_from(state: str | None, default: str | None) -> str | None:
+    """--state, else CAMPAIGN_STATE, else the content of the file that CAMPAIGN_STATE_FILE
+    names (a URL with a password is a secret), else the default."""
+    if state:
+        return state
+    if os.environ.get("CAMPAIGN_STATE"):
+        return os.environ["CAMPAIGN_STATE"]
+    named = os.environ.get("CAMPAIGN_STATE_FILE")
+    if not named:
+        return default
+    path = Path(named)
+    try:
+        if not path.is_file():
+            raise CampaignError(f"CAMPAIGN_STATE_FILE {named} is not a regular file", exit_code=ExitCode.USAGE)
+        text = path.read_text(encoding="utf-8")[:4096].strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError(f"cannot read CAMPAIGN_STATE_FILE {named}: {exc}", exit_code=ExitCode.USAGE) from None
+    if not text:
+        raise CampaignError(f"CAMPAIGN_STATE_FILE {named} is empty", exit_code=ExitCode.USAGE)
+    return text
 
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=None, help=STATE_HELP)
+@click.option("--state", default=None, help=STATE_HELP + " --sandbox ignores the variables: a rehearsal never "
+              "writes to the real ledger unless --state names it.")
+@ENV_OPTION
+@click.option("--lock-timeout", default="0s", show_default=True, metavar="DURATION",
+              help="Wait this long (30s, 5m) for another apply of the campaign to finish instead of refusing.")
 @API_OPTION
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (pipelines).")
 @click.option("--sandbox", is_flag=True, help="Send to an in-process sandbox API on 127.0.0.1: no credentials, no network.")
@@ -286,24 +316,26 @@ STATE_HELP = "Ledger file (default .campaign/state.db; .campaign/sandbox.db with
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request attempt (secrets redacted).")
 @format_option(("text", "json", "github"))
-def apply(file: Path, state: Path | None, api: str, yes: bool, sandbox: bool, region: str | None,
-          base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool, max_in_flight: int,
-          timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
+def apply(file: Path, state: str | None, environment: str, lock_timeout: str, api: str, yes: bool, sandbox: bool,
+          region: str | None, base_url: str | None, resend_uncertain: bool, allow_changes: bool, send_now: bool,
+          max_in_flight: int, timeout: float, quiet: bool, verbose: bool, output_format: str) -> None:
     """Send a campaign (or a saved plan) exactly once. Exit 0 all accepted, 2 credentials refused,
     3 some failed/uncertain, 4 refused or declined, 130 interrupted.
 
     FILE may be a saved plan (`campaign plan CAMPAIGN -o PLAN`): then its campaign is sent
     only if every input and request body still match the plan, else exit 4."""
     with _handler():
-        from .commands import ApplySettings, Console, run_apply
+        from .commands import ApplySettings, Console, parse_duration, run_apply
 
         _freeze_imports()
 
-        settings = ApplySettings(file=file, state=state, api="v1" if api == "v1" else "v2", yes=yes, quiet=quiet,
+        settings = ApplySettings(file=file, state=state if sandbox else _state_from(state, None), api="v1" if api == "v1" else "v2",
+                                 yes=yes, quiet=quiet,
                                  verbose=verbose, resend_uncertain=resend_uncertain, allow_changes=allow_changes,
                                  send_now=send_now, sandbox=sandbox, base_url=base_url, region=region,
                                  output_format=output_format, max_in_flight=max_in_flight, timeout=timeout,
-                                 step_summary=_step_summary())
+                                 step_summary=_step_summary(),
+                                 environment=environment, lock_timeout=parse_duration(lock_timeout))
         console = Console(out=_stdout(), err=sys.stderr,
                           interactive=sys.stdin.isatty() and sys.stderr.isatty(),
                           confirm=lambda question: click.confirm(question, default=False, err=True),
@@ -341,16 +373,21 @@ def test_send(file: Path, to: tuple[str, ...], as_msisdn: str | None, state: Pat
 
 
 @cli.command()
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=Path(".campaign/state.db"),
-              show_default=True, help="Ledger file.")
-@format_option(("text", "json"))
-def status(file: Path, state: Path, output_format: str) -> None:
-    """What the ledger knows: batches and destinations by status, failures by code, receipts."""
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("--id", "campaign_id", default=None, help="The campaign's id: status from the ledger alone, no FILE.")
+@click.option("--state", envvar="CAMPAIGN_STATE", default=None,
+              help="Ledger: a SQLite file (default .campaign/state.db) or a postgresql:// URL; env CAMPAIGN_STATE.")
+@ENV_OPTION
+@format_option(("text", "json", "markdown"))
+def status(file: Path | None, campaign_id: str | None, state: str | None, environment: str,
+           output_format: str) -> None:
+    """What the ledger knows: batches, destinations, failures by code, the delivery funnel."""
     with _handler():
-        from .commands import StatusSettings, run_status
+        from .commands import DEFAULT_STATE, StatusSettings, run_status
 
-        sys.exit(run_status(StatusSettings(file, state, output_format), now=now_utc(), out=_stdout()))
+        settings = StatusSettings(file, _state_from(state, str(DEFAULT_STATE)) or str(DEFAULT_STATE), output_format,
+                                  campaign_id=campaign_id, environment=environment)
+        sys.exit(run_status(settings, now=now_utc(), out=_stdout()))
 
 
 @cli.command()
@@ -386,15 +423,16 @@ def receipts() -> None:
 
 
 @receipts.command()
-@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=Path(".campaign/state.db"),
-              show_default=True, help="Ledger file to record receipts in.")
+@click.option("--state", envvar="CAMPAIGN_STATE", default=None,
+              help="Ledger to record receipts in: a SQLite file (default .campaign/state.db) or a postgresql:// URL; "
+              "env CAMPAIGN_STATE.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--path", "url_path", default="/receipts", show_default=True,
               help="The one URL path that accepts receipts (POST); put it in the campaign's notifyUrl.")
 @click.option("--no-auth", is_flag=True,
               help="Accept receipts without the CAMPAIGN_RECEIPTS_TOKEN secret (loopback addresses only).")
-def listen(state: Path, host: str, port: int, url_path: str, no_auth: bool) -> None:
+def listen(state: str | None, host: str, port: int, url_path: str, no_auth: bool) -> None:
     """Receive deliveryInfoNotification webhooks and record them in the ledger.
 
     Requests must carry the token from CAMPAIGN_RECEIPTS_TOKEN (or the file named by
@@ -402,9 +440,9 @@ def listen(state: Path, host: str, port: int, url_path: str, no_auth: bool) -> N
     password. A 200 means the receipt is committed to the ledger.
     """
     with _handler():
-        from .commands import ReceiptsListenSettings, run_receipts_listen
+        from .commands import DEFAULT_STATE, ReceiptsListenSettings, run_receipts_listen, state_ref
 
-        settings = ReceiptsListenSettings(state=state, host=host, port=port, path=url_path, no_auth=no_auth)
+        settings = ReceiptsListenSettings(state=state_ref(_state_from(state, str(DEFAULT_STATE)) or str(DEFAULT_STATE)), host=host, port=port, path=url_path, no_auth=no_auth)
         sys.exit(run_receipts_listen(settings, environ=dict(os.environ),
                                      ready=lambda url: click.echo(f"receipts listening on {url}", err=True)))
 

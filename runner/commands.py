@@ -331,10 +331,33 @@ DEFAULT_SANDBOX_STATE = Path(".campaign/sandbox.db")
 SANDBOX_RECEIPT_WAIT_SECONDS = 2.0
 
 
+def state_ref(state: str | Path) -> str | Path:
+    """A `--state` value as the ledger takes it: a `postgresql://` URL stays a string (a
+    Path would fold its `//`), anything else is a SQLite file path."""
+    from .ledger import is_postgres_url
+
+    return str(state) if is_postgres_url(str(state)) else Path(state)
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `5m`, `1h`, `1h30m` or plain seconds (`90`, `2.5`) as seconds."""
+    import re
+
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", value)
+    if not value or parts is None:
+        raise CampaignError(f"invalid duration {text!r}", exit_code=ExitCode.USAGE,
+                            hint="write it like 30s, 5m, 1h30m or a number of seconds")
+    hours, minutes, seconds = parts.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+
+
 @dataclass(frozen=True)
 class ApplySettings:
     file: Path
-    state: Path | None = None
+    state: Path | str | None = None  # a SQLite path or a postgresql:// URL
     api: Api = "v2"
     yes: bool = False
     quiet: bool = False
@@ -349,12 +372,18 @@ class ApplySettings:
     max_in_flight: int = 8
     timeout: float = 30.0
     step_summary: Path | None = None  # $GITHUB_STEP_SUMMARY, for --format github
+    environment: str = "default"  # the tenant this run targets; the ledger keys by it
+    lock_timeout: float = 0.0  # seconds to wait for another apply of the campaign to finish
 
     @property
     def state_path(self) -> Path:
         if self.state is not None:
-            return self.state
+            return Path(self.state)
         return DEFAULT_SANDBOX_STATE if self.sandbox else DEFAULT_STATE
+
+    @property
+    def state_ref(self) -> str | Path:
+        return self.state_path if self.state is None else state_ref(self.state)
 
 
 @dataclass(frozen=True)
@@ -370,11 +399,12 @@ class Console:
 
 def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
     from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
-    from .ledger import Ledger, acquire_lock
+    from .ledger import check_environment_name, open_ledger
     from .planfile import is_saved_plan
     from .send import Applier, SendPolicy, prepare, schedule_for_now
     from .report import progress_bar
 
+    check_environment_name(settings.environment)
     verified: bytes | None = None  # per-request fingerprints when applying a saved plan
     plan_path = settings.file
     if is_saved_plan(settings.file):
@@ -393,8 +423,8 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
             console.err.write("nothing sent: declined at the prompt\n")
             return ExitCode.REFUSED
     with ExitStack() as stack:
-        stack.enter_context(acquire_lock(settings.state_path, campaign.id))
-        ledger = stack.enter_context(Ledger.open(settings.state_path))
+        ledger = stack.enter_context(open_ledger(settings.state_ref, environment=settings.environment))
+        stack.enter_context(ledger.apply_lock(campaign.id, timeout=settings.lock_timeout))
         sandbox = stack.enter_context(_sandbox_for(campaign, now)) if settings.sandbox else None
         if sandbox is not None:
             base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
@@ -404,6 +434,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
                 base_url=settings.base_url or console.environ.get(BASE_URL_ENV) or None,
                 region=settings.region or console.environ.get(REGION_ENV) or None,
             )
+        ledger.check_environment_host(_api_host(base_url))
         client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout,
                                                max_connections=settings.max_in_flight))
         held = ledger.mark_dead_in_flight_uncertain(campaign.id)
@@ -455,6 +486,13 @@ def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: Te
     return replace(settings, file=campaign_path(saved, plan_path), api=saved.api), bytes(fingerprints)
 
 
+def _api_host(base_url: str) -> str:
+    """The host an environment's requests go to (no port: a sandbox's changes every run)."""
+    from urllib.parse import urlsplit
+
+    return (urlsplit(base_url).hostname or base_url).lower()
+
+
 def _sandbox_for(campaign: Campaign, now: datetime | None = None) -> Sandbox:
     from .sandbox import Sandbox, SandboxSettings
 
@@ -491,23 +529,39 @@ def _verbose_log(err: TextIO, credentials: Credentials) -> Callable[[str], None]
 
 @dataclass(frozen=True)
 class StatusSettings:
-    file: Path
-    state: Path = DEFAULT_STATE
+    file: Path | None  # the campaign file, or None with `campaign_id` (from the ledger alone)
+    state: Path | str = DEFAULT_STATE
     output_format: str = "text"
+    campaign_id: str | None = None
+    environment: str = "default"
 
 
 def run_status(settings: StatusSettings, *, now: datetime, out: TextIO) -> ExitCode:
-    campaign, _ = load_campaign(settings.file, now=now)
-    if not settings.state.exists():
-        raise CampaignError(f"no state at {settings.state}: campaign {campaign.id} was never applied with it",
-                            hint="pass --state PATH if apply used another one")
-    from .ledger import Ledger
+    from .ledger import check_environment_name, mask_state, open_ledger
 
+    check_environment_name(settings.environment)
+    if settings.file is not None and settings.campaign_id is None:
+        campaign_id = load_campaign(settings.file, now=now)[0].id
+    elif settings.campaign_id is not None and settings.file is None:
+        campaign_id = settings.campaign_id
+    else:
+        raise CampaignError("status needs a campaign FILE or --id ID (one of them)", exit_code=ExitCode.USAGE)
+    state = state_ref(settings.state)
+    if isinstance(state, Path) and not state.exists():
+        raise CampaignError(f"no state at {state}: campaign {campaign_id} was never applied with it",
+                            hint="pass --state PATH if apply used another one")
     from .testsend import ledger_key
 
-    with Ledger.open(settings.state) as ledger:
-        summary = ledger.summary(campaign.id)
-        test_sends = ledger.summary(ledger_key(campaign.id))  # apart: never the campaign's own sends
+    with open_ledger(state, environment=settings.environment) as ledger:
+        summary = ledger.summary(campaign_id)
+        test_sends = ledger.summary(ledger_key(campaign_id))  # apart: never the campaign's own sends
+        known = ledger.campaign_ids() if settings.file is None and not summary.known else []
+    if settings.file is None and not summary.known:
+        listed = ", ".join(known[:10]) or "none"
+        raise CampaignError(
+            f"campaign '{campaign_id}' is not in the ledger {mask_state(state)} "
+            f"(environment '{settings.environment}'); it knows: {listed}",
+            hint="check --id, --env and --state")
     _reporter(settings.output_format, out).status(summary, test_sends)
     return ExitCode.PARTIAL if summary.batches.get("failed") or summary.batches.get("uncertain") else ExitCode.OK
 
@@ -540,7 +594,7 @@ def run_affected(settings: AffectedSettings, *, out: TextIO, cwd: Path | None = 
 
 @dataclass(frozen=True)
 class ReceiptsListenSettings:
-    state: Path = DEFAULT_STATE
+    state: str | Path = DEFAULT_STATE  # a SQLite path or a postgresql:// URL (see state_ref)
     host: str = "127.0.0.1"
     port: int = 8080
     path: str = "/receipts"  # = receipts.DEFAULT_PATH (not imported: uvicorn loads only here)
@@ -593,7 +647,7 @@ def run_test_send(settings: TestSendSettings, *, now: datetime, console: Console
     from dataclasses import replace
 
     from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
-    from .ledger import Ledger, acquire_lock
+    from .ledger import open_ledger
     from .send import Applier, SendPolicy
     from .testsend import (Delivery, TestSendResult, batches_for_test, chosen_message, for_now, ledger_key,
                            normalise_test_numbers)
@@ -605,8 +659,8 @@ def run_test_send(settings: TestSendSettings, *, now: datetime, console: Console
     chosen = chosen_message(Compiler(campaign, settings.api), settings.as_msisdn)
     key = ledger_key(campaign.id)
     with ExitStack() as stack:
-        stack.enter_context(acquire_lock(settings.state_path, key))
-        ledger = stack.enter_context(Ledger.open(settings.state_path))
+        ledger = stack.enter_context(open_ledger(settings.state_path))
+        stack.enter_context(ledger.apply_lock(key))
         sandbox = stack.enter_context(_sandbox_for(campaign, now)) if settings.sandbox else None
         if sandbox is not None:
             base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)

@@ -161,11 +161,17 @@ class TextReporter(Reporter):
 
     def _status(self, result: LedgerSummary) -> None:
         s = result
-        self.write(f"campaign {s.campaign_id}: {_n(s.runs, 'run')}, {_n(s.attempts, 'request')} attempted")
+        where = "" if s.environment == "default" else f" (environment {s.environment})"
+        self.write(f"campaign {s.campaign_id}{where}: {_n(s.runs, 'run')}, {_n(s.attempts, 'request')} attempted")
         self.write("batches:      " + _tally(s.batches))
         self.write("destinations: " + _tally(s.destinations))
         if any(s.receipts.values()):
             self.write("receipts:     " + _tally(s.receipts))
+            funnel = delivery_funnel(s)
+            failed = ", ".join(f"{code or 'no code'} {n:,}" for code, n in funnel["failedByCode"].items())
+            self.write(f"delivery:     accepted {funnel['accepted']:,} → submitted {funnel['submitted']:,} → "
+                       f"delivered {funnel['delivered']:,} / failed {funnel['failed']:,}"
+                       + (f" ({failed})" if failed else "") + f" / clicked {funnel['clicked']:,}")
         for f in s.failures:
             code = f"{f.code} ({error_meaning(f.code)})" if f.code else "no code"
             self.write(visible(f"  failed {f.batches} batch{'es' * (f.batches != 1)} / {f.destinations} "
@@ -213,7 +219,23 @@ class JsonReporter(Reporter):
             "lastRunStartedAt": result.last_run_started_at,
             "lastRunFinishedAt": result.last_run_finished_at,
             "testSends": tests,  # campaign test-send runs, kept apart from the campaign's own sends
+            "environment": result.environment,
+            "funnel": delivery_funnel(result),
         })
+
+
+def delivery_funnel(summary: LedgerSummary) -> dict[str, Any]:
+    """Destinations at each delivery stage: accepted by the API, then the receipts'
+    Submitted, Delivered, Failed (by code) and Clicked, each destination counted once a stage."""
+    stages = {"submitted": 0, "delivered": 0, "failed": 0, "clicked": 0}
+    failed_by_code: dict[str, int] = {}
+    for count in summary.receipt_codes:
+        stage = count.delivery_status.strip().lower()
+        if stage in stages:
+            stages[stage] += count.destinations
+        if stage == "failed":
+            failed_by_code[count.code] = failed_by_code.get(count.code, 0) + count.destinations
+    return {"accepted": summary.destinations.get("accepted", 0), **stages, "failedByCode": failed_by_code}
 
 
 def _n(count: int, noun: str) -> str:
@@ -354,6 +376,28 @@ class MarkdownReporter(Reporter):
             lines += ["| location | severity | rule | message |", "|---|---|---|---|"]
             lines += [_markdown_diagnostic_row(d, self.show_pii) for d in result.diagnostics]
         self.write(_bounded("\n".join(lines), MARKDOWN_BUDGET))
+
+    def status(self, result: LedgerSummary, test_sends: LedgerSummary | None = None) -> None:
+        s = result
+        # values escaped, not in backticks: an escaped value can still close a code span
+        lines = [f"### Campaign status: {_md_cell(s.campaign_id)} (environment {_md_cell(s.environment)})", "",
+                 f"{_n(s.runs, 'run')}, {_n(s.attempts, 'request')} attempted", "",
+                 "| | " + " | ".join(s.batches) + " |", "|---|" + "---:|" * len(s.batches),
+                 "| batches | " + " | ".join(f"{n:,}" for n in s.batches.values()) + " |",
+                 "| destinations | " + " | ".join(f"{n:,}" for n in s.destinations.values()) + " |"]
+        funnel = delivery_funnel(s)
+        lines += ["", "| delivery | destinations |", "|---|---:|"]
+        lines += [f"| {stage} | {funnel[stage]:,} |" for stage in ("accepted", "submitted", "delivered", "failed",
+                                                                    "clicked")]
+        lines += [f"| failed, code {_md_cell(code or 'none')} | {n:,} |" for code, n in funnel["failedByCode"].items()]
+        if s.failures:
+            lines += ["", "| failed batches | destinations | code | message |", "|---:|---:|---|---|"]
+            lines += [f"| {f.batches:,} | {f.destinations:,} | {_md_cell(f.code or '')} | {_md_cell(f.message)} |"
+                      for f in s.failures[:20]]
+        if test_sends is not None and test_sends.runs:
+            lines += ["", f"Test sends (campaign test-send; not counted above): {_n(test_sends.runs, 'run')}, "
+                      "destinations " + _tally(test_sends.destinations)]
+        self.write("\n".join(lines))
 
     def plan(self, plan: Plan, *, show_all: bool) -> None:
         self.plans([plan], show_all=show_all)

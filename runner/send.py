@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from .client import Answer, Outcome
 from .compile import Compiler
 from .errors import CampaignError, ExitCode
-from .ledger import Ledger
+from .ledger import Ledger, LedgerUnavailable
 from .model import Api, Batch, Campaign, RecipientFile
 
 # The client side keeps its window a little longer than one second: the server counts
@@ -307,6 +307,11 @@ class GroupCommitter:
                 with self.ledger.group():
                     for item in items:
                         item.change()
+            except LedgerUnavailable as lost:
+                # The storage failed, not one write: retrying each on a fresh connection
+                # would hide a lost database (and the apply lock that went with it).
+                for item in items:
+                    item.error = lost
             except BaseException:
                 # The group was rolled back whole: each write again on its own, so each
                 # caller gets its own answer (most are fine; one raised).

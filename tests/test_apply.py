@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -659,8 +660,9 @@ def test_a_running_apply_refuses_another_in_process(tmp_path: Path, sandbox: San
         with pytest.raises(CampaignError) as refused:
             apply(path, sandbox.url, state)
         assert refused.value.exit_code == ExitCode.REFUSED
-        assert refused.value.message == (
-            f"campaign '{CAMPAIGN_ID}' is being applied by another process (pid {os.getpid()})")
+        assert refused.value.message.startswith(
+            f"campaign '{CAMPAIGN_ID}' is being applied by another process (host {socket.gethostname()}, "
+            f"pid {os.getpid()}, since 20")
         assert sandbox.stats()["requests"] == 1  # the refused one sent nothing
     finally:
         held.go.set()

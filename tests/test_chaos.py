@@ -14,6 +14,10 @@ start-up or after the last answer, and the test checks that it did. Then:
   resending them afterwards completes the campaign, still once each;
 * SIGINT (Ctrl-C) or SIGTERM (a cancelled pipeline): exit 130 after the answers on the
   wire are recorded, so a plain re-run completes the campaign, nothing uncertain.
+
+The kill -9 tests run on both ledger backends: a SQLite file, and a real PostgreSQL
+server (tests/postgres.py; fewer seeds, each test a fresh database), where the killed
+apply's connection, and with it its advisory lock, drops with the process.
 """
 
 from __future__ import annotations
@@ -36,11 +40,16 @@ from runner.ledger import Ledger
 from runner.sandbox import Sandbox, SandboxSettings
 
 from .helpers import number, write_campaign, write_csv
+from .postgres import fresh_database, stop_postgres_at_session_end  # noqa: F401 (stops the server)
 
 KEY = "chaos-key-7a3d91"
 ENV = {"WEBEX_CONNECT_SERVICE_KEY": KEY}
 SEEDS = range(12)
 PLAIN_SEEDS = range(6)
+PG_SEEDS = range(4)
+PG_PLAIN_SEEDS = range(2)
+RESEND_CASES = [("sqlite", seed) for seed in SEEDS] + [("postgresql", seed) for seed in PG_SEEDS]
+PLAIN_CASES = [("sqlite", seed) for seed in PLAIN_SEEDS] + [("postgresql", seed) for seed in PG_PLAIN_SEEDS]
 INTERRUPTS = [(signal.SIGINT, seed) for seed in range(2)] + [(signal.SIGTERM, seed) for seed in range(2)]
 RECIPIENTS = 600
 GROUPS = 200  # distinct texts: 200 requests of 3 destinations, 8 in flight at a time
@@ -80,7 +89,12 @@ def chaos_campaign(folder: Path, campaign_id: str, first: int) -> tuple[Path, li
     return path, numbers
 
 
-def apply_args(sandbox: Sandbox, state: Path, path: Path, *extra: str) -> list[str]:
+def state_for(backend: str, folder: Path) -> str:
+    """The ledger of one test: a SQLite file in its folder, or a fresh PostgreSQL database."""
+    return str(folder / "state.db") if backend == "sqlite" else fresh_database()
+
+
+def apply_args(sandbox: Sandbox, state: Path | str, path: Path, *extra: str) -> list[str]:
     return [*campaign_command(), "apply", "--yes", "--quiet", "--base-url", sandbox.url, "--state", str(state),
             *extra, str(path)]
 
@@ -94,7 +108,7 @@ class Ending:
         return f"signalled after {self.after_messages} stored messages (exit {self.returncode})"
 
 
-def signalled_mid_send(sandbox: Sandbox, state: Path, path: Path, seed: int, log: Path,
+def signalled_mid_send(sandbox: Sandbox, state: Path | str, path: Path, seed: int, log: Path,
                        signum: signal.Signals = signal.SIGKILL) -> Ending:
     """Start apply; once the sandbox has stored a seeded number of its messages, send `signum`.
 
@@ -122,7 +136,7 @@ def signalled_mid_send(sandbox: Sandbox, state: Path, path: Path, seed: int, log
     return Ending(stored_now, process.returncode)
 
 
-def rerun(sandbox: Sandbox, state: Path, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def rerun(sandbox: Sandbox, state: Path | str, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(apply_args(sandbox, state, path, *extra), env=environment(), stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=TIMEOUT)
 
@@ -133,13 +147,14 @@ def stored(sandbox: Sandbox, numbers: list[str]) -> Counter[str]:
     return Counter(m.msisdn for m in sandbox.messages() if m.msisdn in mine)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("backend,seed", RESEND_CASES, ids=[f"{b}-{s}" for b, s in RESEND_CASES])
 def test_kill_9_then_resend_uncertain_sends_everyone_exactly_once(
-    tmp_path: Path, sandbox: Sandbox, seed: int
+    tmp_path: Path, sandbox: Sandbox, backend: str, seed: int
 ) -> None:
     campaign_id = f"chaos-resend-{seed}"
-    path, numbers = chaos_campaign(tmp_path, campaign_id, first=10_000 + seed * 1_000)
-    state = tmp_path / "state.db"
+    first = (10_000 if backend == "sqlite" else 60_000) + seed * 1_000
+    path, numbers = chaos_campaign(tmp_path, campaign_id, first=first)
+    state = state_for(backend, tmp_path)
     how = signalled_mid_send(sandbox, state, path, seed, tmp_path / "killed.log")
     assert how.returncode == -signal.SIGKILL, how
 
@@ -183,11 +198,14 @@ def test_ctrl_c_or_sigterm_at_a_random_moment_leaves_nothing_uncertain(
     assert set(seen) == set(numbers) and max(seen.values()) == 1, how
 
 
-@pytest.mark.parametrize("seed", PLAIN_SEEDS)
-def test_kill_9_then_plain_rerun_holds_only_uncertain_batches(tmp_path: Path, sandbox: Sandbox, seed: int) -> None:
+@pytest.mark.parametrize("backend,seed", PLAIN_CASES, ids=[f"{b}-{s}" for b, s in PLAIN_CASES])
+def test_kill_9_then_plain_rerun_holds_only_uncertain_batches(
+    tmp_path: Path, sandbox: Sandbox, backend: str, seed: int
+) -> None:
     campaign_id = f"chaos-plain-{seed}"
-    path, numbers = chaos_campaign(tmp_path, campaign_id, first=40_000 + seed * 1_000)
-    state = tmp_path / "state.db"
+    first = (40_000 if backend == "sqlite" else 70_000) + seed * 1_000
+    path, numbers = chaos_campaign(tmp_path, campaign_id, first=first)
+    state = state_for(backend, tmp_path)
     how = signalled_mid_send(sandbox, state, path, 1_000 + seed, tmp_path / "killed.log")
     assert how.returncode == -signal.SIGKILL, how
 

@@ -1,9 +1,11 @@
-"""The ledger, against real SQLite files, and its lock, against real processes."""
+"""The ledger, against real SQLite files and a real PostgreSQL server (the `ledger` and
+`any_state` fixtures run each test on both backends), and its lock, against real processes."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from runner.errors import CampaignError, ExitCode
-from runner.ledger import STATUSES, FailureGroup, Ledger, acquire_lock, lock_path
+from runner.ledger import STATUSES, FailureGroup, Ledger, acquire_lock, lock_path, open_ledger
 from runner.model import Batch, Destination
+
+from .postgres import fresh_database, stop_postgres_at_session_end  # noqa: F401 (stops the server)
 
 CAMPAIGN = "spring-sale"
 
@@ -36,10 +40,33 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / ".campaign" / "state.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_state(request: pytest.FixtureRequest, state: Path) -> str | Path:
+    """A fresh ledger's state on each backend: a SQLite path, or a new PostgreSQL database."""
+    return state if request.param == "sqlite" else fresh_database()
+
+
 @pytest.fixture
-def ledger(state: Path) -> Ledger:
-    with Ledger.open(state) as opened:
+def ledger(any_state: str | Path) -> Ledger:
+    with open_ledger(any_state) as opened:
         yield opened  # type: ignore[misc]
+
+
+def rows(ledger: Ledger, sql: str) -> list[tuple[object, ...]]:
+    """Rows of a query over the ledger's own connection (the SQL both dialects share)."""
+    with ledger._read() as connection:
+        return [tuple(row) for row in connection.execute(sql).fetchall()]
+
+
+def table_columns(ledger: Ledger) -> dict[str, list[str]]:
+    if ledger._connection().dialect.name == "sqlite":
+        tables = [str(row[0]) for row in rows(ledger, "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: [str(c[1]) for c in rows(ledger, f"PRAGMA table_info({t})")] for t in tables}
+    found: dict[str, list[str]] = {}
+    for table, column in rows(ledger, "SELECT table_name, column_name FROM information_schema.columns "
+                                      "WHERE table_schema = current_schema()"):
+        found.setdefault(str(table), []).append(str(column))
+    return found
 
 
 def run_child(code: str, *args: str) -> subprocess.Popen[str]:
@@ -64,15 +91,16 @@ def test_open_creates_directory_schema_and_pragmas(state: Path) -> None:
     raw = sqlite3.connect(state)
     tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"campaigns", "batches", "destinations", "receipts", "runs"} <= tables
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
     columns = {row[1] for row in raw.execute("PRAGMA table_info(batches)")}
     assert {"campaign_id", "batch_key", "batch_index", "api", "status", "attempts", "http_status",
             "vendor_code", "vendor_message", "message_id", "destinations_count", "run_id",
             "updated_at"} <= columns
-    raw.execute("INSERT INTO campaigns VALUES ('c', NULL, 'now', 'now')")
+    raw.execute("INSERT INTO campaigns VALUES ('default', 'c', NULL, 'now', 'now')")
     with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):  # 'sent' is not a status
-        raw.execute("INSERT INTO batches(batch_key, campaign_id, batch_index, api, status, destinations_count,"
-                    " created_at, updated_at) VALUES ('b', 'c', 0, 'v2', 'sent', 1, 'now', 'now')")
+        raw.execute("INSERT INTO batches(environment, batch_key, campaign_id, batch_index, api, status,"
+                    " destinations_count, created_at, updated_at)"
+                    " VALUES ('default', 'b', 'c', 0, 'v2', 'sent', 1, 'now', 'now')")
     raw.close()
 
 
@@ -92,7 +120,7 @@ def test_newer_schema_is_refused(state: Path) -> None:
     raw.close()
     with pytest.raises(CampaignError) as caught:
         Ledger.open(state)
-    assert caught.value.exit_code == ExitCode.USAGE
+    assert caught.value.exit_code == ExitCode.REFUSED
     assert "newer" in caught.value.message
 
 
@@ -289,21 +317,18 @@ def test_failed_and_uncertain_can_be_tried_again(ledger: Ledger) -> None:
     assert ledger.batch_status("k1") == "failed"
 
 
-def test_destination_status_mirrors_batch(ledger: Ledger, state: Path) -> None:
+def test_destination_status_mirrors_batch(ledger: Ledger) -> None:
     ledger.record_pending_many(CAMPAIGN, [make_batch(0), make_batch(1)])
     run = ledger.begin_run(CAMPAIGN)
     ledger.mark_in_flight("k0", run)
-    raw = sqlite3.connect(state)
-    statuses = dict(raw.execute("SELECT batch_key, group_concat(DISTINCT status) FROM destinations GROUP BY batch_key"))
-    assert statuses == {"k0": "in-flight", "k1": "pending"}
+    query = "SELECT DISTINCT batch_key, status FROM destinations ORDER BY batch_key"
+    assert rows(ledger, query) == [("k0", "in-flight"), ("k1", "pending")]
     ledger.mark_uncertain("k0", reason="timeout")
-    statuses = dict(raw.execute("SELECT batch_key, group_concat(DISTINCT status) FROM destinations GROUP BY batch_key"))
-    assert statuses == {"k0": "uncertain", "k1": "pending"}
-    raw.close()
+    assert rows(ledger, query) == [("k0", "uncertain"), ("k1", "pending")]
 
 
-def test_dead_in_flight_becomes_uncertain(state: Path) -> None:
-    with Ledger.open(state) as first:
+def test_dead_in_flight_becomes_uncertain(any_state: str | Path) -> None:
+    with open_ledger(any_state) as first:
         first.record_pending_many(CAMPAIGN, [make_batch(0), make_batch(1), make_batch(2)])
         dead_run = first.begin_run(CAMPAIGN)
         first.mark_in_flight("k0", dead_run)
@@ -311,7 +336,7 @@ def test_dead_in_flight_becomes_uncertain(state: Path) -> None:
         first.mark_accepted("k1", http_status=201, message_id="m")
         first.record_pending("other", make_batch(9, prefix="o"))
         first.mark_in_flight("o9", dead_run)
-    with Ledger.open(state) as second:
+    with open_ledger(any_state) as second:
         run = second.begin_run(CAMPAIGN)
         second.mark_in_flight("k2", run)  # this run's own in-flight batch is not touched
         assert second.mark_dead_in_flight_uncertain(CAMPAIGN) == 1
@@ -385,7 +410,7 @@ def receipt(correlation: str, destination: str, status: str = "Delivered", code:
         "carrier": "USTMO", "subtid": "", "transid": transid, "callbackData": "", "correlationid": correlation}}
 
 
-def test_receipts_matched_by_correlation_id(ledger: Ledger, state: Path) -> None:
+def test_receipts_matched_by_correlation_id(ledger: Ledger) -> None:
     batch = make_batch(0)
     ledger.record_pending(CAMPAIGN, batch)
     # another campaign with the same correlation ids for other numbers
@@ -408,11 +433,9 @@ def test_receipts_matched_by_correlation_id(ledger: Ledger, state: Path) -> None
     assert ledger.record_receipt(None, receipt("", third.msisdn.lstrip("+"), transid="msg-k0"))
     assert dict(ledger.summary(CAMPAIGN).receipts) == {"Delivered": 2, "Failed": 1, "Submitted": 1}
     assert dict(ledger.summary("other").receipts) == {}
-    raw = sqlite3.connect(state)
-    rows = raw.execute("SELECT campaign_id, batch_key, msisdn, correlation_id, code, time_stamp FROM receipts "
-                       "WHERE delivery_status = 'Failed'").fetchall()
-    raw.close()
-    assert rows == [(CAMPAIGN, "k0", second.msisdn, second.correlation_id, "7102", "2024-10-10T13:53:13.749+01:00")]
+    failed = rows(ledger, "SELECT campaign_id, batch_key, msisdn, correlation_id, code, time_stamp FROM receipts "
+                          "WHERE delivery_status = 'Failed'")
+    assert failed == [(CAMPAIGN, "k0", second.msisdn, second.correlation_id, "7102", "2024-10-10T13:53:13.749+01:00")]
 
 
 def test_ambiguous_receipt_is_not_matched(ledger: Ledger) -> None:
@@ -426,23 +449,23 @@ def test_ambiguous_receipt_is_not_matched(ledger: Ledger) -> None:
 # --- secrets --------------------------------------------------------------------------
 
 
-def test_nothing_secret_like_is_stored(ledger: Ledger, state: Path) -> None:
+def test_nothing_secret_like_is_stored(ledger: Ledger) -> None:
     batch = make_batch(0)
     ledger.record_pending(CAMPAIGN, batch)
     run = ledger.begin_run(CAMPAIGN)
     ledger.mark_in_flight("k0", run)
     ledger.mark_accepted("k0", http_status=201, message_id="m")
     ledger.record_receipt(CAMPAIGN, receipt(batch.destinations[0].correlation_id, ""))
-    raw = sqlite3.connect(state)
     suspicious = ("header", "auth", "secret", "token", "jwt", "password", "body", "content", "text")
-    for (table,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-        for column in raw.execute(f"PRAGMA table_info({table})").fetchall():
-            name = column[1].lower()
+    tables = table_columns(ledger)
+    assert {"campaigns", "batches", "destinations", "receipts", "orphan_receipts", "runs"} <= set(tables)
+    for table, columns in tables.items():
+        for column in columns:
+            name = column.lower()
             assert not any(word in name for word in suspicious), f"{table}.{name}"
             assert name == "batch_key" or "key" not in name, f"{table}.{name}"
-        for row in raw.execute(f"SELECT * FROM {table}").fetchall():
+        for row in rows(ledger, f"SELECT * FROM {table}"):
             assert not any(isinstance(value, str) and "20% off" in value for value in row)
-    raw.close()
 
 
 # --- concurrency and volume ------------------------------------------------------------
@@ -477,11 +500,12 @@ def test_thread_safe_transitions(ledger: Ledger) -> None:
     assert all(records[f"k{i}"].message_id == (f"m{i}" if i % 4 else None) for i in range(200))
 
 
-def test_hundred_thousand_destinations_insert_with_one_commit_per_batch(ledger: Ledger) -> None:
+def test_hundred_thousand_destinations_insert_with_one_commit_per_batch(state: Path) -> None:
     """What keeps a large insert fast under synchronous=FULL: one fsynced transaction per
     batch of 1000 destinations (or per record_pending_many call), never one per destination."""
     statements: list[str] = []
-    connection = ledger._connection()
+    ledger = open_ledger(state)
+    connection = ledger._connection().raw  # type: ignore[attr-defined]
     connection.set_trace_callback(statements.append)
     try:
         for i in range(90):
@@ -495,6 +519,7 @@ def test_hundred_thousand_destinations_insert_with_one_commit_per_batch(ledger: 
     summary = ledger.summary(CAMPAIGN)
     assert summary.destinations["pending"] == 100_000 == summary.total_destinations
     assert summary.total_batches == 100
+    ledger.close()
 
 
 # --- crash durability -----------------------------------------------------------------
@@ -576,8 +601,9 @@ def test_lock_contention_between_processes_and_release_on_kill(state: Path) -> N
             with acquire_lock(state, CAMPAIGN):
                 pytest.fail("got a lock another process holds")
         assert caught.value.exit_code == ExitCode.REFUSED
-        assert caught.value.message == (
-            f"campaign '{CAMPAIGN}' is being applied by another process (pid {holder.pid})")
+        assert caught.value.message.startswith(
+            f"campaign '{CAMPAIGN}' is being applied by another process (host {socket.gethostname()}, "
+            f"pid {holder.pid}, since 20")
         assert caught.value.hint
         with acquire_lock(state, "another-campaign"):  # other campaigns are not blocked
             pass
@@ -586,7 +612,7 @@ def test_lock_contention_between_processes_and_release_on_kill(state: Path) -> N
         holder.wait(timeout=30)
     assert holder.returncode == -signal.SIGKILL
     with acquire_lock(state, CAMPAIGN):
-        assert lock_path(state, CAMPAIGN).read_text().strip() == str(os.getpid())
+        assert lock_path(state, CAMPAIGN).read_text().split("\n")[:2] == [str(os.getpid()), socket.gethostname()]
     assert lock_path(state, CAMPAIGN).read_text() == ""
 
 
@@ -621,7 +647,7 @@ def test_second_process_is_refused_with_exit_code(state: Path) -> None:
         )
         out, _ = contender.communicate(timeout=60)
         assert contender.returncode == ExitCode.REFUSED
-        assert f"(pid {holder.pid})" in out and "GOT IT" not in out
+        assert f", pid {holder.pid}, since " in out and "GOT IT" not in out
     finally:
         holder.kill()
         holder.wait(timeout=30)

@@ -35,9 +35,12 @@ CORRELATIONS = [f"corr-{i}" for i in range(1, 41)]
 
 
 def receipt(correlation: str, *, status: str = "Delivered", stamp: str = "2026-11-23T12:00:00Z") -> dict[str, Any]:
+    """The receipt of the destination `seed` gave this correlation id (its own number: the
+    ledger matches a receipt only to a destination with the number it names)."""
+    number = f"4479110{CORRELATIONS.index(correlation) + 1:05d}" if correlation in CORRELATIONS else "447911000001"
     return {"deliveryInfoNotification": {
         "deliveryInfo": {"deliveryStatus": status, "code": "0", "timeStamp": stamp,
-                         "destination": "447911000001"},
+                         "destination": number},
         "transid": "t-" + correlation, "correlationid": correlation}}
 
 
