@@ -34,16 +34,9 @@ def redact_env_secrets(text: str) -> str:
 def _env_redactor() -> Callable[[str], str] | None:
     """A function redacting the environment's credentials, or None when none are set;
     the credentials are read once, so validate and plan can redact every value they show."""
-    from .client import JWT_ENV, SERVICE_KEY_ENV, Credentials, redact
+    from .client import env_redactor
 
-    try:
-        secrets = Credentials.from_env(os.environ).secrets
-    except CampaignError:  # unreadable or conflicting settings: redact the raw values at least
-        secrets = tuple(v for v in (os.environ.get(SERVICE_KEY_ENV), os.environ.get(JWT_ENV)) if v)
-    if not secrets:
-        return None
-    credentials = Credentials(*secrets[:2])
-    return lambda text: redact(text, credentials)
+    return env_redactor(os.environ)
 
 
 def _fail(message: str, code: int, hint: str | None = None) -> NoReturn:

@@ -32,7 +32,7 @@ import re
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -510,3 +510,17 @@ class ApiClient:
     def _clean(self, text: str) -> str:
         # redact before and after flattening, so a secret split by a line break is caught too
         return redact(_one_line(redact(text, self.credentials)), self.credentials)
+
+
+def env_redactor(environ: Mapping[str, str]) -> Callable[[str], str] | None:
+    """A function redacting the credentials `environ` holds, or None when it holds none:
+    read once, so a command can redact every value it shows before a reporter wraps or
+    cuts it (a key cut in two is no longer found by a later redaction)."""
+    try:
+        secrets = Credentials.from_env(environ).secrets
+    except CampaignError:  # unreadable or conflicting settings: redact the raw values at least
+        secrets = tuple(v for v in (environ.get(SERVICE_KEY_ENV), environ.get(JWT_ENV)) if v)
+    if not secrets:
+        return None
+    credentials = Credentials(*secrets[:2])
+    return lambda text: redact(text, credentials)

@@ -398,7 +398,7 @@ class Console:
 
 
 def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
-    from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
+    from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, env_redactor, resolve_base_url
     from .ledger import check_environment_name, open_ledger
     from .planfile import is_saved_plan
     from .send import Applier, SendPolicy, prepare, schedule_for_now
@@ -413,7 +413,8 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
     campaign = schedule_for_now(campaign, now, send_now=settings.send_now)
     plan = build_plan(campaign, warnings, api=settings.api, limit=0)
     if settings.output_format == "text":
-        _reporter("text", console.err).plan(plan, show_all=False)
+        redact = env_redactor(console.environ)  # warnings may quote recipient values
+        _reporter("text", console.err).plan(_redacted_plan(plan, redact) if redact else plan, show_all=False)
     target = "the local sandbox" if settings.sandbox else "Webex Connect"
     if not settings.yes:
         if not console.interactive:

@@ -488,3 +488,18 @@ def test_a_long_vendor_answer_never_leaks_part_of_the_key(offset: int) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_apply_redacts_the_environment_key_from_the_plan_it_prints(repo: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply prints the plan's warnings before sending: a key that reached a recipient file
+    (here a column name, quoted by the control-character warning) is redacted there too."""
+    write_csv(repo / "data" / "people.csv", ["msisdn", "name", PLANTED], [[number(1), "Ada", "a\x1bb"]])
+    write_campaign(repo / "campaigns", {"content": {"text": "Hi {{ name }}"},
+                                        "recipients": [{"file": "../data/people.csv"}]})
+    monkeypatch.chdir(repo)
+    result = invoke("apply", "--sandbox", "--yes", "--quiet", "--state", str(repo / "s.db"),
+                    "campaigns/campaign.yaml", env={"WEBEX_CONNECT_SERVICE_KEY": PLANTED})
+    assert result.exit_code == ExitCode.OK, result.stderr
+    assert "value of '***' holds control character U+001B [control-character]" in result.stderr
+    assert_not_leaked(result.stdout, result.stderr)
