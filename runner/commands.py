@@ -398,7 +398,7 @@ class Console:
 
 
 def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> ExitCode:
-    from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, env_redactor, resolve_base_url
+    from .client import ApiClient, env_redactor
     from .ledger import check_environment_name, open_ledger
     from .planfile import is_saved_plan
     from .send import Applier, SendPolicy, prepare, schedule_for_now
@@ -426,15 +426,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
     with ExitStack() as stack:
         ledger = stack.enter_context(open_ledger(settings.state_ref, environment=settings.environment))
         stack.enter_context(ledger.apply_lock(campaign.id, timeout=settings.lock_timeout))
-        sandbox = stack.enter_context(_sandbox_for(campaign, now)) if settings.sandbox else None
-        if sandbox is not None:
-            base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
-        else:
-            credentials = Credentials.from_env(console.environ)
-            base_url = resolve_base_url(
-                base_url=settings.base_url or console.environ.get(BASE_URL_ENV) or None,
-                region=settings.region or console.environ.get(REGION_ENV) or None,
-            )
+        base_url, credentials, sandbox = _api_target(settings, campaign, now, console.environ, stack)
         ledger.check_environment_host(_api_host(base_url))
         client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout,
                                                max_connections=settings.max_in_flight))
@@ -492,6 +484,24 @@ def _api_host(base_url: str) -> str:
     from urllib.parse import urlsplit
 
     return (urlsplit(base_url).hostname or base_url).lower()
+
+
+def _api_target(settings: ApplySettings | TestSendSettings, campaign: Campaign, now: datetime,
+                environ: Mapping[str, str], stack: ExitStack) -> tuple[str, Credentials, Sandbox | None]:
+    """Where apply and test-send send: an in-process sandbox for a rehearsal (its own
+    throwaway key), else the tenant that --base-url/--region or the environment names,
+    with the credentials from the environment."""
+    from .client import BASE_URL_ENV, REGION_ENV, Credentials, resolve_base_url
+
+    if settings.sandbox:
+        sandbox = stack.enter_context(_sandbox_for(campaign, now))
+        return sandbox.url, Credentials(service_key="sandbox", jwt=None), sandbox
+    credentials = Credentials.from_env(environ)  # first: a missing key is the likelier mistake
+    base_url = resolve_base_url(
+        base_url=settings.base_url or environ.get(BASE_URL_ENV) or None,
+        region=settings.region or environ.get(REGION_ENV) or None,
+    )
+    return base_url, credentials, None
 
 
 def _sandbox_for(campaign: Campaign, now: datetime | None = None) -> Sandbox:
@@ -647,7 +657,7 @@ def run_test_send(settings: TestSendSettings, *, now: datetime, console: Console
     through apply's own path; recorded under the ledger key `<id>#test-send`."""
     from dataclasses import replace
 
-    from .client import BASE_URL_ENV, REGION_ENV, ApiClient, Credentials, resolve_base_url
+    from .client import ApiClient
     from .ledger import open_ledger
     from .send import Applier, SendPolicy
     from .testsend import (Delivery, TestSendResult, batches_for_test, chosen_message, for_now, ledger_key,
@@ -662,15 +672,7 @@ def run_test_send(settings: TestSendSettings, *, now: datetime, console: Console
     with ExitStack() as stack:
         ledger = stack.enter_context(open_ledger(settings.state_path))
         stack.enter_context(ledger.apply_lock(key))
-        sandbox = stack.enter_context(_sandbox_for(campaign, now)) if settings.sandbox else None
-        if sandbox is not None:
-            base_url, credentials = sandbox.url, Credentials(service_key="sandbox", jwt=None)
-        else:
-            credentials = Credentials.from_env(console.environ)
-            base_url = resolve_base_url(
-                base_url=settings.base_url or console.environ.get(BASE_URL_ENV) or None,
-                region=settings.region or console.environ.get(REGION_ENV) or None,
-            )
+        base_url, credentials, sandbox = _api_target(settings, campaign, now, console.environ, stack)
         client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout))
         ledger.mark_dead_in_flight_uncertain(key)
         run_id = ledger.begin_run(key)
