@@ -207,7 +207,7 @@ def _ledger_totals_line(counts: LedgerCounts | None, to_send: int) -> str:
 
 
 def _run_plans(settings: PlanSettings, *, now: datetime, reporter: Reporter,
-               redact: Redact | None = None) -> ExitCode:
+               redact: Redact | None = None) -> ExitCode | int:
     """Several campaigns, one output (one PR comment): a campaign that cannot be planned
     is shown in its place with its error, the others still are; exit 1 if any failed."""
     from .report import PlanFailure
@@ -222,9 +222,18 @@ def _run_plans(settings: PlanSettings, *, now: datetime, reporter: Reporter,
             plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN)
             items.append(_redacted_plan(plan, redact) if redact is not None else plan)
         except CampaignError as error:
-            items.append(PlanFailure(str(path), error.message, error.hint))
+            message, hint = error.message, error.hint
+            if redact is not None:  # a row error may quote a cell holding the key
+                message, hint = redact(message), redact(hint) if hint else hint
+            items.append(PlanFailure(str(path), message, hint))
     reporter.plans(items, show_all=settings.show_all)
-    return ExitCode.INVALID if any(isinstance(item, PlanFailure) for item in items) else ExitCode.OK
+    plans = [item for item in items if isinstance(item, Plan)]
+    # the single-file rules, over every campaign of the comment
+    if len(plans) < len(items) or (settings.strict and any(plan.warnings for plan in plans)):
+        return ExitCode.INVALID
+    if settings.detailed_exitcode and any(plan.summary.messages for plan in plans):
+        return SOMETHING_TO_SEND
+    return ExitCode.OK
 
 
 def _redacted_plan(plan: Plan, redact: Redact) -> Plan:

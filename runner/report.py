@@ -392,7 +392,8 @@ class MarkdownReporter(Reporter):
         lines += [f"| failed, code {_md_cell(code or 'none')} | {n:,} |" for code, n in funnel["failedByCode"].items()]
         if s.failures:
             lines += ["", "| failed batches | destinations | code | message |", "|---:|---:|---|---|"]
-            lines += [f"| {f.batches:,} | {f.destinations:,} | {_md_cell(f.code or '')} | {_md_cell(f.message)} |"
+            lines += [f"| {f.batches:,} | {f.destinations:,} | {_md_cell(f.code or '')} | "
+                      f"{_md_cell(f.message if self.show_pii else mask_numbers(f.message))} |"
                       for f in s.failures[:20]]
         if test_sends is not None and test_sends.runs:
             lines += ["", f"Test sends (campaign test-send; not counted above): {_n(test_sends.runs, 'run')}, "

@@ -18,9 +18,11 @@ import phonenumbers
 CONTROL_CHARACTER = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\r": "\\r", "\t": "\\t", "\x1b": "\\x1b", "\x00": "\\0"}
 _CALLING_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
-# A recipient's number in free text: '+' and 8 to 15 digits (E.164, as recipients are
-# normalised). A sender's long code is written without '+' and is not personal data.
-_PHONE_NUMBER = re.compile(r"(?<![\w•])\+\d{8,15}(?!\d)")
+# A phone number in free text: 8 to 15 digits standing alone, with or without '+' (E.164
+# as recipients are normalised, but also a file's raw cell quoted by a row error, such as
+# '447911000001' or '07911000003'). A sender's long code is masked too: over-masking in a
+# review comment is harmless, `--show-pii` shows everything.
+_PHONE_NUMBER = re.compile(r"(?<![\w•+])\+?\d{8,15}(?![\w•])")
 MASK = "•••"
 
 

@@ -147,6 +147,34 @@ def test_several_campaigns_make_one_comment_with_failures_in_place(in_tmp: Path)
     assert "[yaml-syntax]" not in out and "\\[yaml-syntax\\]" in out
 
 
+def test_a_failed_campaign_in_a_comment_quotes_no_number_and_no_key(in_tmp: Path) -> None:
+    """A row error quotes the raw cell: written without '+' (as a CRM exports it), or holding
+    the service key, it must not reach the pull request comment in clear."""
+    key = "Zq7Kp2Lm9Xw4Rt8Vb3Nc"
+    _hostile(in_tmp, "a.yaml", "first")
+    (in_tmp / "bad.csv").write_text(f"msisdn,name\n447911000001,Ada\n07911000003,Bo\n{key},Cy\n", encoding="utf-8")
+    write_campaign(in_tmp, {"id": "second", "content": {"text": "Hi {{ name }}"},
+                            "recipients": [{"file": "bad.csv"}]}, name="b.yaml")
+    result = invoke("plan", "--format", "markdown", "a.yaml", "b.yaml", env={"WEBEX_CONNECT_SERVICE_KEY": key})
+    assert result.exit_code == 1
+    out = result.stdout
+    assert "### ❌ Campaign plan failed: b.yaml" in out
+    for raw in ("447911000001", "07911000003", key):
+        assert raw not in out
+    assert "44•••••••001" in out and "••••••••003" in out and "\\*\\*\\*" in out
+
+
+def test_several_campaigns_keep_strict_and_detailed_exitcode(in_tmp: Path) -> None:
+    (in_tmp / "aud.csv").write_text(f"msisdn,name\n{number(1)},Zoë\n", encoding="utf-8")
+    write_campaign(in_tmp, {"id": "ucs2", "content": {"text": "Hi {{ name }}", "type": "auto"},
+                            "recipients": [{"file": "aud.csv"}]}, name="a.yaml")
+    write_campaign(in_tmp, {"id": "plain", "content": {"text": "Hi"}, "recipients": [{"msisdn": number(2)}]},
+                   name="b.yaml")
+    assert invoke("plan", "--format", "markdown", "a.yaml", "b.yaml").exit_code == 0
+    assert invoke("plan", "--format", "markdown", "--strict", "a.yaml", "b.yaml").exit_code == 1  # ucs2 warning
+    assert invoke("plan", "--format", "markdown", "--detailed-exitcode", "a.yaml", "b.yaml").exit_code == 2
+
+
 def test_several_files_need_the_markdown_format(in_tmp: Path) -> None:
     _hostile(in_tmp, "a.yaml")
     result = invoke("plan", "a.yaml", "a.yaml")
