@@ -344,20 +344,22 @@ def apply(file: Path, state: str | None, environment: str, lock_timeout: str, ap
               help="A test phone in E.164 (+<country><number>); repeat for up to 10.")
 @click.option("--as", "as_msisdn", default=None, metavar="MSISDN",
               help="Send the message this recipient of the campaign would get (default: the first).")
-@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=None, help=STATE_HELP)
+@click.option("--state", default=None, help=STATE_HELP)
+@ENV_OPTION
 @API_OPTION
 @click.option("--sandbox", is_flag=True, help="Send to an in-process sandbox API on 127.0.0.1: no credentials, no network.")
 @click.option("--region", default=None, help="Tenant region (us, eu, uk, ca, us1, in, au); env WEBEX_CONNECT_REGION.")
 @click.option("--base-url", default=None, help="API base URL; env WEBEX_CONNECT_BASE_URL. Wins over --region.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True,
               help="Seconds to wait for an answer.")
-def test_send(file: Path, to: tuple[str, ...], as_msisdn: str | None, state: Path | None, api: str, sandbox: bool,
-              region: str | None, base_url: str | None, timeout: float) -> None:
+def test_send(file: Path, to: tuple[str, ...], as_msisdn: str | None, state: str | None, environment: str, api: str,
+              sandbox: bool, region: str | None, base_url: str | None, timeout: float) -> None:
     """Send the campaign's exact message for one recipient to test phones, now (ledger: apart from its sends)."""
     with _handler():
         from .commands import Console, TestSendSettings, run_test_send
 
-        settings = TestSendSettings(file=file, to=to, as_msisdn=as_msisdn, state=state,
+        settings = TestSendSettings(file=file, to=to, as_msisdn=as_msisdn,
+                                    state=state if sandbox else _state_from(state, None), environment=environment,
                                     api="v1" if api == "v1" else "v2", sandbox=sandbox, base_url=base_url,
                                     region=region, timeout=timeout)
         console = Console(out=_stdout(), err=sys.stderr, interactive=False, confirm=lambda question: False,

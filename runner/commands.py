@@ -385,14 +385,17 @@ class ApplySettings:
     lock_timeout: float = 0.0  # seconds to wait for another apply of the campaign to finish
 
     @property
-    def state_path(self) -> Path:
-        if self.state is not None:
-            return Path(self.state)
-        return DEFAULT_SANDBOX_STATE if self.sandbox else DEFAULT_STATE
-
-    @property
     def state_ref(self) -> str | Path:
-        return self.state_path if self.state is None else state_ref(self.state)
+        return _state_or_default(self.state, self.sandbox)
+
+
+def _state_or_default(state: Path | str | None, sandbox: bool) -> str | Path:
+    """--state as the ledger takes it (a URL stays a string); without one, the embedded
+    default, a ledger of its own for rehearsals so a sandbox run never marks a real send."""
+    if state is not None:
+        return state_ref(state)
+    return DEFAULT_SANDBOX_STATE if sandbox else DEFAULT_STATE
+
 
 
 @dataclass(frozen=True)
@@ -647,25 +650,22 @@ class TestSendSettings:
     file: Path
     to: tuple[str, ...]  # test numbers as typed; validated like recipients
     as_msisdn: str | None = None  # the recipient whose message is sent; None = the first
-    state: Path | None = None
+    state: Path | str | None = None  # a SQLite path or a postgresql:// URL, as for apply
     api: Api = "v2"
     sandbox: bool = False
     base_url: str | None = None
     region: str | None = None
     timeout: float = 30.0
+    environment: str = "default"  # the tenant, as for apply: its ledger and its API host
 
     @property
-    def state_path(self) -> Path:
-        if self.state is not None:
-            return self.state
-        return DEFAULT_SANDBOX_STATE if self.sandbox else DEFAULT_STATE
+    def state_ref(self) -> str | Path:
+        return _state_or_default(self.state, self.sandbox)
 
 
 def run_test_send(settings: TestSendSettings, *, now: datetime, console: Console) -> ExitCode:
     """Send the campaign's exact message for one recipient to the test numbers, now,
     through apply's own path; recorded under the ledger key `<id>#test-send`."""
-    from dataclasses import replace
-
     from .client import ApiClient
     from .ledger import open_ledger
     from .send import Applier, SendPolicy
@@ -679,9 +679,10 @@ def run_test_send(settings: TestSendSettings, *, now: datetime, console: Console
     chosen = chosen_message(Compiler(campaign, settings.api), settings.as_msisdn)
     key = ledger_key(campaign.id)
     with ExitStack() as stack:
-        ledger = stack.enter_context(open_ledger(settings.state_path))
+        ledger = stack.enter_context(open_ledger(settings.state_ref, environment=settings.environment))
         stack.enter_context(ledger.apply_lock(key))
-        base_url, credentials, sandbox = _api_target(settings, campaign, now, console.environ, stack)
+        base_url, credentials, _ = _api_target(settings, campaign, now, console.environ, stack)
+        ledger.check_environment_host(_api_host(base_url))
         client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout))
         ledger.mark_dead_in_flight_uncertain(key)
         run_id = ledger.begin_run(key)

@@ -169,3 +169,21 @@ def test_cli_test_send_with_the_sandbox(tmp_path: Path, monkeypatch: pytest.Monk
                          "text: Hi Ann, 10% off"]
     assert re.fullmatch(rf"  \{TEST_PHONES[0]}: accepted, messageId [0-9a-f-]{{36}}", lines[2])
     assert (tmp_path / ".campaign" / "sandbox.db").exists()  # a rehearsal keeps its own ledger
+
+
+def test_test_send_records_into_a_postgresql_ledger_of_its_environment(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--state` takes a URL as apply's does (never a file named after it), and `--env` keys the record."""
+    from .postgres import fresh_database, stop_postgres_at_session_end  # noqa: F401 (stops the server)
+
+    url = fresh_database()
+    monkeypatch.chdir(tmp_path)
+    campaign_file(tmp_path)
+    result = CliRunner().invoke(cli, ["test-send", "campaign.yaml", "--to", TEST_PHONES[0], "--sandbox",
+                                      "--state", url, "--env", "staging"], prog_name="campaign")
+    assert result.exit_code == 0, result.output
+    assert not any(p.name.startswith(("postgresql", ".campaign")) for p in tmp_path.iterdir())
+    with Ledger.open(url, environment="staging") as ledger:
+        assert ledger.summary(testsend.ledger_key("promo")).destinations["accepted"] == 1
+    with Ledger.open(url) as ledger:  # environment "default" holds nothing of it
+        assert ledger.summary(testsend.ledger_key("promo")).runs == 0
