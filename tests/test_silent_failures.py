@@ -198,11 +198,12 @@ def test_a_429_pauses_the_shared_limiter_not_only_the_refused_batch(tmp_path: Pa
             return refused_429(30.0)
         return accepted()
 
-    result, vendor, applier = run_scripted(tmp_path, 20, tps=5, answer=answer, policy=SendPolicy(max_in_flight=1))
+    result, vendor, applier = run_scripted(tmp_path, 20, tps=5, answer=answer, policy=SendPolicy(max_in_flight=4))
     assert result.accepted == 4
-    assert applier.limiter.paused_until >= refused_at[0] + 30.0
+    # four workers: without the shared pause the other three would send during the 30 s
     later = [at for at, _ in vendor.sent if at > refused_at[0]]
     assert len(later) == 4 and min(later) >= refused_at[0] + 30.0
+    assert applier.limiter.paused_until >= refused_at[0] + 30.0
 
 
 # --- 8. --send-now keeps a future expireAt -----------------------------------------------------------
