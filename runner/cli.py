@@ -407,7 +407,9 @@ def sandbox(port: int, tps: int | None, latency: float, fail_rate: float, drop_r
 
         settings = SandboxSettings(port=port, tps=tps, latency=latency, fail_rate=fail_rate, drop_rate=drop_rate,
                                    seed=seed, ignore_idempotency=ignore_idempotency,
-                                   drop_requests=frozenset(drop_requests), drop_keys=frozenset(drop_keys))
+                                   drop_requests=frozenset(drop_requests), drop_keys=frozenset(drop_keys),
+                                   # a pinned clock (CAMPAIGN_NOW) is the vendor's "now" too, as for apply --sandbox
+                                   now=now_utc() if os.environ.get("CAMPAIGN_NOW") else None)
         serve(settings, ready=lambda url: click.echo(f"sandbox listening on {url} (POST /v2/messages, "
                                                     "/v1/sms/messages; GET /_sandbox/messages)", err=True))
 
