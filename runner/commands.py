@@ -84,7 +84,8 @@ class PlanSettings:
     save_to: Path | None = None  # -o/--out: write a saved plan here
     check: Path | None = None  # --check: compare this saved plan with the inputs instead of planning
     detailed_exitcode: bool = False  # 0 nothing to send, 2 something to send (1 stays invalid)
-    state: Path | None = None  # a ledger to plan against (read only)
+    state: Path | str | None = None  # a ledger to plan against (read only): SQLite path or postgresql:// URL
+    environment: str = "default"  # --env: the tenant planned for (ledger rows, the saved plan)
 
 
 MULTI_FILE_FORMATS = ("markdown",)
@@ -96,6 +97,9 @@ SOMETHING_TO_SEND = 2
 
 def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO | None = None,
              redact: Redact | None = None) -> ExitCode | int:
+    from .ledger import check_environment_name
+
+    check_environment_name(settings.environment)
     reporter = _reporter(settings.output_format, out, show_pii=settings.show_pii, step_summary=settings.step_summary)
     if settings.more_files:
         if settings.save_to is not None or settings.check is not None or settings.state is not None:
@@ -135,7 +139,8 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
         from .planfile import build_saved_plan, write_plan
 
         saved = build_saved_plan(campaign, plan.summary, plan_path=settings.save_to, created_at=now,
-                                 ledger=ledger_counts, requests=hasher.result() if hasher else None)
+                                 ledger=ledger_counts, requests=hasher.result() if hasher else None,
+                                 environment=settings.environment)
         write_plan(saved, settings.save_to)
         (err or sys.stderr).write(f"saved plan: {settings.save_to} ({saved.requests.count} requests, "
                                   f"sha256 {saved.requests.sha256[:12]}…); apply it with "
@@ -467,10 +472,17 @@ def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: Te
     reviewed requests. Every input and the request bodies are recomputed here; anything
     that differs refuses (exit 4) before a ledger is opened or a request made. Returns
     the verified requests' fingerprints, which the send is checked against."""
-    from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
+    from .planfile import campaign_path, differences, environment_mismatch, read_plan, snapshot, stale_inputs
 
     plan_path = settings.file
     saved = read_plan(plan_path)
+    mismatch = environment_mismatch(saved, settings.environment)
+    if mismatch is not None:
+        raise CampaignError(
+            f"{plan_path}: {mismatch}; nothing sent",
+            exit_code=ExitCode.REFUSED,
+            hint=f"apply it with --env {saved.environment}, or review a plan made with --env {settings.environment}",
+        )
     changes = stale_inputs(saved, plan_path)
     fingerprints = bytearray()
     if not changes:
