@@ -117,24 +117,22 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
         from .planfile import RequestHasher
 
         hasher = RequestHasher()  # the saved plan's digest from the plan's own compile pass
-    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN,
-                      on_wire=hasher)
-    to_send = plan.summary.messages
     ledger_counts = None
+    against: StateView | None = None
     if settings.state is not None:
-        ledger_counts, to_send = _plan_against_state(campaign, settings, plan.summary.messages)
-        plan = replace(plan, ledger={
-            "found": ledger_counts is not None,
-            "acceptedDestinations": ledger_counts.accepted if ledger_counts else 0,
-            "failedDestinations": ledger_counts.failed if ledger_counts else 0,
-            "uncertainDestinations": ledger_counts.uncertain if ledger_counts else 0,
-            "toSend": to_send,
-        })
+        against = _plan_against_state(campaign, settings)
+        ledger_counts = against.counts
+    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN,
+                      on_wire=hasher, held=against.held if against is not None else None)
+    to_send = plan.summary.messages
+    if against is not None:
+        plan, to_send = _with_ledger(plan, against)
     if redact is not None:
         plan = _redacted_plan(plan, redact)
     reporter.plan(plan, show_all=settings.show_all)
-    if settings.state is not None and settings.output_format != "json":
+    if against is not None and settings.output_format != "json":
         out.write(_ledger_totals_line(ledger_counts, to_send))
+        out.write(_recipient_states_lines(plan, against.refusal))
     if settings.save_to is not None:
         from .planfile import build_saved_plan, write_plan
 
@@ -183,23 +181,77 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     return ExitCode.OK
 
 
-def _plan_against_state(campaign: Campaign, settings: PlanSettings, planned: int) -> tuple[LedgerCounts | None, int]:
-    """What the ledger already holds for the campaign and how many messages are left to
-    send, through the ledger's public read methods only. No ledger yet: all are left."""
-    from .ledger import Ledger
+@dataclass(frozen=True)
+class StateView:
+    """What `plan --state` read from the ledger (nothing else is kept of it)."""
+
+    counts: LedgerCounts | None  # None: no ledger at that path yet
+    held: Mapping[str, tuple[str, str | None]]  # msisdn -> (status, content digest), Ledger.destination_states
+    refusal: str | None  # why `apply` (without --allow-changes) would refuse, or None
+
+
+def _plan_against_state(campaign: Campaign, settings: PlanSettings) -> StateView:
+    """What the ledger holds for the campaign in the plan's environment, through the
+    ledger's public read methods only. A SQLite path that does not exist is not created
+    (no ledger yet: everything is to send); an existing ledger of an older schema is
+    migrated on opening, as by every command, and nothing else is written."""
+    from .ledger import check_environment_name, open_ledger
     from .planfile import LedgerCounts
+    from .send import REPLANNED_SUFFIX, input_hash
 
     assert settings.state is not None
-    if not settings.state.exists():
-        return None, planned
-    with Ledger.open(settings.state) as ledger:
+    check_environment_name(settings.environment)
+    state = state_ref(settings.state)
+    if isinstance(state, Path) and not state.exists():
+        return StateView(None, {}, None)
+    with open_ledger(state, environment=settings.environment) as ledger:
         destinations = ledger.summary(campaign.id).destinations
-        accepted = ledger.accepted_msisdns(campaign.id)
+        stored = ledger.campaign_hash(campaign.id)
+        held = ledger.destination_states(campaign.id)
     counts = LedgerCounts(destinations.get("accepted", 0), destinations.get("failed", 0),
                           destinations.get("uncertain", 0) + destinations.get("in-flight", 0))
-    if not accepted:
-        return counts, planned
-    return counts, Compiler(campaign, settings.api, skip=accepted.__contains__).tally().messages
+    touched = counts.accepted + counts.uncertain
+    refusal = None
+    if stored is not None and touched and stored.removesuffix(REPLANNED_SUFFIX) != input_hash(campaign, settings.api):
+        refusal = (f"the campaign's inputs changed after {touched} destinations were sent (or may have been): "
+                   "apply refuses (exit 4) unless --allow-changes, which sends only to the recipients to send "
+                   "and failed ones")
+    return StateView(counts, held, refusal)
+
+
+def _with_ledger(plan: Plan, against: StateView) -> tuple[Plan, int]:
+    """The plan with its `ledger` object (JSON) and the number of messages apply would send:
+    recipients never sent and failed ones (uncertain ones are held, accepted ones skipped,
+    a changed one too)."""
+    from .plan import FAILED, TO_SEND
+
+    recipients = dict(plan.ledger["recipients"]) if plan.ledger else {}
+    to_send = recipients.get(TO_SEND, 0) + recipients.get(FAILED, 0)
+    counts = against.counts
+    return replace(plan, ledger={
+        "found": counts is not None,
+        "acceptedDestinations": counts.accepted if counts else 0,
+        "failedDestinations": counts.failed if counts else 0,
+        "uncertainDestinations": counts.uncertain if counts else 0,
+        "toSend": to_send,
+        "recipients": recipients,
+        "applyRefuses": against.refusal,
+    }), to_send
+
+
+def _recipient_states_lines(plan: Plan, refusal: str | None) -> str:
+    from .plan import ACCEPTED, CHANGED, FAILED, TO_SEND, UNCERTAIN
+
+    r = plan.ledger["recipients"] if plan.ledger else {}
+    lines = (f"recipients: {r.get(TO_SEND, 0)} to send, {r.get(ACCEPTED, 0)} already accepted, "
+             f"{r.get(FAILED, 0)} failed (sent again), {r.get(UNCERTAIN, 0)} uncertain (held), "
+             f"{r.get(CHANGED, 0)} changed since accepted\n")
+    if r.get(CHANGED, 0):
+        lines += (f"  {r[CHANGED]} recipients were accepted with another text or other values than they would get "
+                  "now: apply never resends them (it skips accepted numbers)\n")
+    if refusal is not None:
+        lines += f"apply would refuse: {refusal}\n"
+    return lines
 
 
 def _ledger_totals_line(counts: LedgerCounts | None, to_send: int) -> str:

@@ -384,12 +384,19 @@ def test_plan_against_state_counts_what_the_ledger_holds(tmp_path: Path, sandbox
                                                           "uncertainDestinations": 0}
     code, out, _ = plan(campaign, state=state, output_format="json")
     assert code == 0
-    assert json.loads(out)["ledger"] == {"found": True, "acceptedDestinations": 8, "failedDestinations": 0,
-                                         "uncertainDestinations": 0, "toSend": 1}
+    assert json.loads(out)["ledger"] == {
+        "found": True, "acceptedDestinations": 8, "failedDestinations": 0, "uncertainDestinations": 0, "toSend": 1,
+        "recipients": {"to-send": 1, "accepted": 8, "failed": 0, "uncertain": 0, "changed-since-accepted": 0},
+        "applyRefuses": "the campaign's inputs changed after 8 destinations were sent (or may have been): apply "
+                        "refuses (exit 4) unless --allow-changes, which sends only to the recipients to send and "
+                        "failed ones"}
     assert "ledger" not in json.loads(plan(campaign, output_format="json")[1])
     assert json.loads(plan(campaign, state=tmp_path / "none.db", output_format="json")[1])["ledger"] == {
         "found": False, "acceptedDestinations": 0, "failedDestinations": 0, "uncertainDestinations": 0,
-        "toSend": 9}
+        "toSend": 9,
+        "recipients": {"to-send": 9, "accepted": 0, "failed": 0, "uncertain": 0, "changed-since-accepted": 0},
+        "applyRefuses": None}
+    assert not (tmp_path / "none.db").exists()  # read only: a missing ledger is not created
 
 
 def test_plan_against_state_with_everything_accepted_has_nothing_to_send(tmp_path: Path, sandbox: Sandbox) -> None:

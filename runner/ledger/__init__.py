@@ -600,18 +600,21 @@ class Ledger(ABC):
                 )
             return False
         unique = {(d.msisdn, d.correlation_id) for d in batch.destinations}
+        digests = batch_content_digests(batch)
         connection.execute(
             "INSERT INTO batches(environment, batch_key, campaign_id, batch_index, api, status, destinations_count, "
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
             (env, batch.key, campaign_id, batch.index, batch.api, len(unique), now, now),
         )
         connection.insert_rows(
-            "INSERT INTO destinations(environment, campaign_id, batch_key, msisdn, correlation_id, status)",
-            "(?, ?, ?, ?, ?, 'pending')",
+            "INSERT INTO destinations(environment, campaign_id, batch_key, msisdn, correlation_id, status, "
+            "content_digest)",
+            "(?, ?, ?, ?, ?, 'pending', ?)",
             "ON CONFLICT(environment, campaign_id, msisdn, correlation_id) DO UPDATE "
-            "SET batch_key = excluded.batch_key, status = 'pending' "
+            "SET batch_key = excluded.batch_key, status = 'pending', content_digest = excluded.content_digest "
             "WHERE destinations.status IN ('pending', 'failed', 'uncertain')",
-            [(env, campaign_id, batch.key, msisdn, correlation_id) for msisdn, correlation_id in unique],
+            [(env, campaign_id, batch.key, msisdn, correlation_id, digests.get(msisdn))
+             for msisdn, correlation_id in unique],
         )
         held = connection.execute(
             "SELECT count(*) FROM destinations WHERE environment = ? AND batch_key = ?", (env, batch.key)
@@ -817,6 +820,25 @@ class Ledger(ABC):
             ).fetchall()
         return {(str(msisdn), str(correlation_id)) for msisdn, correlation_id in rows}
 
+    def destination_states(self, campaign_id: str) -> dict[str, tuple[str, str | None]]:
+        """msisdn -> (status, content digest or None) of every destination of the campaign,
+        for `plan --state`, from one query. Kept flat (two strings a number, statuses
+        shared) because a campaign may hold a million. A number held twice (two
+        correlation ids) keeps its most-sent status: accepted, then in flight or
+        uncertain, then failed, then pending."""
+        found: dict[str, tuple[str, str | None]] = {}
+        shared = {status: status for status in STATUSES}
+        rank = _SENT_RANK
+        with self._read() as connection:
+            for msisdn, status, digest in connection.execute(
+                "SELECT msisdn, status, content_digest FROM destinations WHERE environment = ? AND campaign_id = ?",
+                (self.environment, campaign_id),
+            ):
+                known = found.get(msisdn)
+                if known is None or rank[status] > rank[known[0]]:
+                    found[msisdn] = (shared[status], digest)
+        return found
+
     def accepted_msisdns(self, campaign_id: str) -> set[str]:
         return self.msisdns_with_status(campaign_id, "accepted")
 
@@ -1015,6 +1037,32 @@ class Ledger(ABC):
             environment=self.environment,
             receipt_codes=receipt_codes,
         )
+
+
+_SENT_RANK: Final = {"pending": 0, "failed": 1, "uncertain": 2, "in-flight": 2, "accepted": 3}
+
+
+def batch_content_digests(batch: Batch) -> dict[str, str]:
+    """msisdn -> `content_digest` of what the batch sends that number (a number is in a
+    campaign's requests once: duplicates are dropped before batching), read
+    from its body: the request's text (or `template:<id>`) and the values the platform
+    fills in for that destination (the request's `substitutions`, then its own)."""
+    from runner.compile import content_digest
+
+    body = batch.body
+    if batch.api == "v1":
+        return {str(body.get("to", "")): content_digest(str(body.get("content", "")), body.get("substitutions") or {})}
+    template = body.get("template")
+    text = f"template:{template['id']}" if template else str(body.get("content", {}).get("text", ""))
+    shared = body.get("substitutions") or {}
+    digests = {}
+    common = content_digest(text, shared)  # local mode: every destination of a request shares it
+    for entry in body.get("to", ()):
+        own = entry.get("substitutions")
+        digest = content_digest(text, {**shared, **own}) if own else common
+        for msisdn in entry.get("msisdn", ()):
+            digests[str(msisdn)] = digest
+    return digests
 
 
 def _receipt_fields(receipt: Mapping[str, Any]) -> dict[str, str]:
