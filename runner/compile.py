@@ -59,8 +59,10 @@ def content_digest(text: str, values: Mapping[str, Any]) -> str:
     and the values the platform fills in for it (the request's and its own). The ledger
     stores it per destination as it records a batch, and `plan --state` computes it from
     the same parts now: different digests mean the recipient's message changed since."""
-    data = json.dumps([text, values], ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
+    # Each value by its repr (a string quoted, so "1" and 1 differ), names sorted: several
+    # times cheaper than JSON, which matters once per accepted recipient of a million.
+    parts = [text, *[f"{name}={values[name]!r}" for name in sorted(values)]] if values else [text]
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).hexdigest()
 
 
 def vendor_timestamp(moment: datetime) -> str:

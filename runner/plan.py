@@ -147,7 +147,11 @@ class RecipientStates:
         return FAILED if status == "failed" else TO_SEND
 
     def observe(self, msisdn: str, text: str, own: Mapping[str, Any]) -> None:
-        self.counts[self.state(msisdn, text, own)] += 1
+        found = self.held.get(msisdn)
+        if found is None:  # the common case of a new campaign, without a call
+            self.counts[TO_SEND] += 1
+        else:
+            self.counts[self.state(msisdn, text, own)] += 1
 
 
 def build_plan(
