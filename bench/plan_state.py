@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse-ledger", action="store_true",
+                        help="with --workdir: keep a ledger built by an earlier run (the same size)")
     args = parser.parse_args()
     campaign_cmd = shutil.which("campaign")
     if campaign_cmd is None:
@@ -98,12 +100,16 @@ def main() -> None:
             folder = work / str(size)
             folder.mkdir(exist_ok=True)
             check_numbers(size)
-            campaign, _ = generate(folder, size)
             ledger = folder / "ledger.db"
-            ledger.unlink(missing_ok=True)
-            held, built = build_ledger(campaign, ledger)
-            print(f"\n{size:,} recipients; ledger: {held:,} accepted destinations, built in {built:.1f} s "
-                  f"({ledger.stat().st_size / 1e6:.0f} MB)")
+            if args.reuse_ledger and ledger.exists():
+                campaign = folder / "campaign.yaml"
+                print(f"\n{size:,} recipients; ledger of an earlier run ({ledger.stat().st_size / 1e6:.0f} MB)")
+            else:
+                campaign, _ = generate(folder, size)
+                ledger.unlink(missing_ok=True)
+                held, built = build_ledger(campaign, ledger)
+                print(f"\n{size:,} recipients; ledger: {held:,} accepted destinations, built in {built:.1f} s "
+                      f"({ledger.stat().st_size / 1e6:.0f} MB)")
             plain: list[Run] = []
             against: list[Run] = []
             for _ in range(args.repeat):  # interleaved, so a busy spell hits both

@@ -186,7 +186,7 @@ class StateView:
     """What `plan --state` read from the ledger (nothing else is kept of it)."""
 
     counts: LedgerCounts | None  # None: no ledger at that path yet
-    held: Mapping[str, tuple[str, str | None]]  # msisdn -> (status, content digest), Ledger.destination_states
+    held: Mapping[str, str]  # msisdn -> content digest if accepted, else status: Ledger.destination_states
     refusal: str | None  # why `apply` (without --allow-changes) would refuse, or None
 
 
@@ -205,7 +205,7 @@ def _plan_against_state(campaign: Campaign, settings: PlanSettings) -> StateView
     if isinstance(state, Path) and not state.exists():
         return StateView(None, {}, None)
     with open_ledger(state, environment=settings.environment) as ledger:
-        destinations = ledger.summary(campaign.id).destinations
+        destinations = ledger.destination_counts(campaign.id)
         stored = ledger.campaign_hash(campaign.id)
         held = ledger.destination_states(campaign.id)
     counts = LedgerCounts(destinations.get("accepted", 0), destinations.get("failed", 0),

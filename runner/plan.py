@@ -8,7 +8,7 @@ plan over a million recipients needs no more memory than one over ten.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -111,6 +111,11 @@ TO_SEND, ACCEPTED, FAILED, UNCERTAIN, CHANGED = "to-send", "accepted", "failed",
 RECIPIENT_STATES: tuple[str, ...] = (TO_SEND, ACCEPTED, FAILED, UNCERTAIN, CHANGED)
 
 
+# a ledger status as a plan state (`Ledger.destination_states` gives a digest for accepted ones)
+_STATE_OF_STATUS = {"pending": TO_SEND, "failed": FAILED, "uncertain": UNCERTAIN, "in-flight": UNCERTAIN,
+                    "accepted": ACCEPTED}
+
+
 class RecipientStates:
     """Classifies each planned recipient against what the ledger holds for its number
     (`Ledger.destination_states`): never sent (or pending) = to send; accepted, and what
@@ -119,7 +124,7 @@ class RecipientStates:
     ledger does not have (rows recorded before it kept one) counts as unchanged.
     The digest is only computed for accepted numbers."""
 
-    def __init__(self, compiler: Compiler, held: Mapping[str, tuple[str, str | None]]) -> None:
+    def __init__(self, compiler: Compiler, held: Mapping[str, str]) -> None:
         self.held = held
         self.counts: dict[str, int] = dict.fromkeys(RECIPIENT_STATES, 0)
         campaign = compiler.campaign
@@ -139,19 +144,26 @@ class RecipientStates:
         found = self.held.get(msisdn)
         if found is None:
             return TO_SEND
-        status, digest = found
-        if status == "accepted":
-            return CHANGED if digest is not None and digest != self.digest(text, own) else ACCEPTED
-        if status in ("uncertain", "in-flight"):
-            return UNCERTAIN
-        return FAILED if status == "failed" else TO_SEND
+        status = _STATE_OF_STATUS.get(found)
+        if status is not None:
+            return status
+        return ACCEPTED if found == self.digest(text, own) else CHANGED  # `found` is the digest sent
 
-    def observe(self, msisdn: str, text: str, own: Mapping[str, Any]) -> None:
-        found = self.held.get(msisdn)
-        if found is None:  # the common case of a new campaign, without a call
-            self.counts[TO_SEND] += 1
-        else:
-            self.counts[self.state(msisdn, text, own)] += 1
+    def observe_items(self, members: Iterable[tuple[str, str, str, Mapping[str, Any], str]]) -> None:
+        """Count the state of each of compile's batching items (msisdn, correlation id, text, own values,
+        encoding), inlined: at a million accepted recipients each call saved is a second."""
+        get, counts, of_status = self.held.get, self.counts, _STATE_OF_STATUS
+        fixed, shared = self._text, self._shared
+        for msisdn, _, text, own, _ in members:
+            found = get(msisdn)
+            if found is None:
+                counts[TO_SEND] += 1
+                continue
+            state = of_status.get(found)
+            if state is None:  # the digest it was sent: compare with what it would get now
+                digest = content_digest(text if fixed is None else fixed, {**shared, **own} if own else shared)
+                state = ACCEPTED if found == digest else CHANGED
+            counts[state] += 1
 
 
 def build_plan(
@@ -161,7 +173,7 @@ def build_plan(
     api: Api = "v2",
     limit: int | None = DEFAULT_SHOWN,
     on_wire: Callable[[str], None] | None = None,
-    held: Mapping[str, tuple[str, str | None]] | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> Plan:
     """Compile the whole campaign without sending; keep the first `limit` messages (None = all).
 
@@ -199,16 +211,14 @@ def build_plan(
         if states is not None:
             # compile's batching items (msisdn, correlation id, text, own values, encoding),
             # each classified once; bodies are built only for a saved plan's digest
-            observe = states.observe
+            observe = states.observe_items
             if on_wire is None:
                 for _, members in compiler._iter_groups(None):
-                    for member in members:
-                        observe(member[0], member[2], member[3])
+                    observe(members)
             else:
                 for _, members, _, wire in compiler._iter_requests(None):
                     on_wire(wire)
-                    for member in members:
-                        observe(member[0], member[2], member[3])
+                    observe(members)
         elif on_wire is None:
             compiler.tally()
         else:

@@ -197,6 +197,37 @@ def test_rows_recorded_before_the_digest_existed_count_as_accepted(tmp_path: Pat
     assert plan_json(campaign, state)["ledger"]["recipients"]["accepted"] == 1
 
 
+def test_the_ledger_gives_the_digest_of_accepted_numbers_and_the_status_of_others(tmp_path: Path, state: str) -> None:
+    campaign = make_campaign(tmp_path)
+    record(campaign, state, {0: "accepted", 1: "failed", 2: "uncertain"})
+    with open_ledger(state) as ledger:
+        held = ledger.destination_states(CAMPAIGN_ID)
+    from runner.compile import content_digest
+
+    assert held == {number(0): content_digest("Hi Ada, 20% off", {}), number(1): "failed", number(2): "uncertain",
+                    number(3): "pending", number(4): "pending", number(5): "pending"}
+
+
+def test_a_number_held_twice_keeps_its_most_sent_state(tmp_path: Path, state: str) -> None:
+    from runner.model import Batch, Destination
+
+    with open_ledger(state) as ledger:
+        run = ledger.begin_run("c")
+        body = {"to": [{"msisdn": [number(1)], "correlationId": "x"}], "content": {"text": "t"}}
+        ledger.record_pending("c", Batch("k1", 0, "v2", body, (Destination(number(1), "x"),)))
+        ledger.mark_in_flight("k1", run)
+        ledger.mark_accepted("k1", http_status=201, message_id="m")
+        ledger.record_pending("c", Batch("k2", 1, "v2", {}, (Destination(number(1), "y"),)))  # pending, later
+        ledger.record_pending("c", Batch("k3", 2, "v2", {}, (Destination(number(2), "z"),)))
+        ledger.mark_in_flight("k3", run)
+        ledger.mark_failed("k3", http_status=400, code="7004", message="bad")
+        ledger.record_pending("c", Batch("k4", 3, "v2", {}, (Destination(number(2), "w"),)))
+        held = ledger.destination_states("c")
+    from runner.compile import content_digest
+
+    assert held == {number(1): content_digest("t", {}), number(2): "failed"}
+
+
 def test_markdown_shows_the_state_column_and_masks_numbers(tmp_path: Path, state: str) -> None:
     campaign = make_campaign(tmp_path)
     record(campaign, state, {0: "accepted"})
@@ -245,7 +276,7 @@ def test_a_schema_2_ledger_gains_the_digest_column_keeping_its_rows(tmp_path: Pa
         raw.close()
     with open_ledger(state) as ledger:
         held = ledger.destination_states(CAMPAIGN_ID)
-    assert held[number(0)] == ("accepted", None) and held[number(1)] == ("failed", None)
+    assert held[number(0)] == "accepted" and held[number(1)] == "failed"  # no digest: the status
     assert len(held) == 6
     if state.startswith("postgresql"):
         with psycopg.connect(state, autocommit=True) as raw:

@@ -820,24 +820,42 @@ class Ledger(ABC):
             ).fetchall()
         return {(str(msisdn), str(correlation_id)) for msisdn, correlation_id in rows}
 
-    def destination_states(self, campaign_id: str) -> dict[str, tuple[str, str | None]]:
-        """msisdn -> (status, content digest or None) of every destination of the campaign,
-        for `plan --state`, from one query. Kept flat (two strings a number, statuses
-        shared) because a campaign may hold a million. A number held twice (two
-        correlation ids) keeps its most-sent status: accepted, then in flight or
+    def destination_states(self, campaign_id: str) -> dict[str, str]:
+        """msisdn -> what `plan --state` needs of each destination of the campaign: the
+        `content_digest` of an accepted one (16 hex digits), else its status (an accepted
+        one recorded before digests existed: `accepted`). One string a number, built by
+        the driver from one query, because a campaign may hold a million. A number held
+        twice (two correlation ids) keeps its most-sent state: accepted, then in flight or
         uncertain, then failed, then pending."""
-        found: dict[str, tuple[str, str | None]] = {}
-        shared = {status: status for status in STATUSES}
-        rank = _SENT_RANK
+        key = (self.environment, campaign_id)
         with self._read() as connection:
-            for msisdn, status, digest in connection.execute(
-                "SELECT msisdn, status, content_digest FROM destinations WHERE environment = ? AND campaign_id = ?",
-                (self.environment, campaign_id),
-            ):
-                known = found.get(msisdn)
-                if known is None or rank[status] > rank[known[0]]:
-                    found[msisdn] = (shared[status], digest)
+            found: dict[str, str] = dict(connection.execute(
+                "SELECT msisdn, CASE WHEN status = 'accepted' AND content_digest IS NOT NULL THEN content_digest "
+                f"ELSE status END FROM destinations{_whole_table(connection)} WHERE environment = ? AND campaign_id = ?",
+                key))
+            twice = connection.execute(
+                "SELECT msisdn, status, content_digest FROM destinations WHERE environment = ? AND campaign_id = ? "
+                "AND msisdn IN (SELECT msisdn FROM destinations WHERE environment = ? AND campaign_id = ? "
+                "GROUP BY msisdn HAVING count(*) > 1)", (*key, *key)).fetchall()
+        best: dict[str, tuple[int, str]] = {}
+        for msisdn, status, digest in twice:
+            rank = _SENT_RANK[status]
+            if msisdn not in best or rank > best[msisdn][0]:
+                best[msisdn] = (rank, digest if status == "accepted" and digest is not None else status)
+        for msisdn, (_, value) in best.items():
+            found[msisdn] = value
         return found
+
+    def destination_counts(self, campaign_id: str) -> dict[str, int]:
+        """Destinations of the campaign by status (every status, zeros included): the part
+        of `summary` that `plan --state` needs, read in table order (see `_whole_table`)."""
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        with self._read() as connection:
+            for status, count in connection.execute(
+                f"SELECT status, count(*) FROM destinations{_whole_table(connection)} "
+                "WHERE environment = ? AND campaign_id = ? GROUP BY status", (self.environment, campaign_id)):
+                counts[str(status)] = int(count)
+        return counts
 
     def accepted_msisdns(self, campaign_id: str) -> set[str]:
         return self.msisdns_with_status(campaign_id, "accepted")
@@ -1037,6 +1055,14 @@ class Ledger(ABC):
             environment=self.environment,
             receipt_codes=receipt_codes,
         )
+
+
+def _whole_table(connection: Connection) -> str:
+    """For a query reading most rows of a campaign: on SQLite, read the table in its own
+    order rather than through the (environment, campaign, msisdn) index, whose order
+    sends each row's lookup to another page: at a million destinations 1.5 s instead of
+    4 s (and 0.5 s instead of 2.8 s to count them by status)."""
+    return " NOT INDEXED" if connection.dialect.name == "sqlite" else ""
 
 
 _SENT_RANK: Final = {"pending": 0, "failed": 1, "uncertain": 2, "in-flight": 2, "accepted": 3}
