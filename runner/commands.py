@@ -154,7 +154,7 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     """`plan FILE --check PLAN`: 0 when PLAN still describes FILE's requests, 1 when stale.
     The saved input digests are compared before the campaign is loaded, so a changed CSV
     is named even when the change broke it."""
-    from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
+    from .planfile import campaign_path, differences, environment_mismatch, read_plan, snapshot, stale_inputs
 
     assert settings.check is not None
     if not settings.check.is_file():
@@ -165,6 +165,9 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     changes = []
     if not named.exists() or named.resolve() != settings.file.resolve():
         changes.append(f"the plan is for {saved.campaign_file}, not for {settings.file}")
+    mismatch = environment_mismatch(saved, settings.environment)
+    if mismatch is not None:  # apply there would refuse it: say so at review, not at merge
+        changes.append(mismatch.replace("this apply targets", "this check (--env, CAMPAIGN_ENV) targets"))
     changes += stale_inputs(saved, settings.check)
     if not changes:
         campaign, _ = load_campaign(settings.file, now=now, strict=settings.strict)
@@ -172,7 +175,8 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     if changes:
         for change in changes:
             out.write(f"{settings.check}: stale: {change}\n")
-        out.write(f"hint: run `campaign plan {settings.file} -o {settings.check}` and commit the new plan\n")
+        env = "" if settings.environment == "default" else f" --env {settings.environment}"
+        out.write(f"hint: run `campaign plan {settings.file}{env} -o {settings.check}` and commit the new plan\n")
         return ExitCode.INVALID
     out.write(f"{settings.check}: current ({saved.requests.count} requests, {saved.counts.get('messages')} "
               "messages)\n")

@@ -264,6 +264,19 @@ def test_a_plan_for_staging_applied_to_production_refuses_with_4_naming_both_and
         assert sum(ledger.summary(CAMPAIGN_ID).destinations.values()) == 8
 
 
+def test_check_of_a_plan_made_for_another_environment_is_stale(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path)
+    plan_path = tmp_path / "promo.plan.json"
+    plan(campaign, save_to=plan_path, environment="staging")
+    assert plan(campaign, check=plan_path, environment="staging")[0] == 0
+    code, out, _ = plan(campaign, check=plan_path, environment="production")
+    assert code == 1
+    assert out.splitlines()[0] == (f"{plan_path}: stale: the plan was made for environment 'staging', this check "
+                                   "(--env, CAMPAIGN_ENV) targets 'production'")
+    assert out.splitlines()[1] == f"hint: run `campaign plan {campaign} --env production -o {plan_path}` and commit " \
+                                  "the new plan"
+
+
 def test_a_plan_without_an_environment_field_is_for_the_default_environment(tmp_path: Path, sandbox: Sandbox) -> None:
     """Plans written before the field existed still apply where they were made for."""
     campaign = make_campaign(tmp_path)
