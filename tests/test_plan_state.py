@@ -119,6 +119,9 @@ def test_every_state_per_recipient_and_in_totals(tmp_path: Path, state: str) -> 
     assert (ledger["acceptedDestinations"], ledger["failedDestinations"], ledger["uncertainDestinations"]) == (2, 1, 1)
     code, out = plan(campaign, state, detailed_exitcode=True)
     assert code == 2
+    assert "┃ state " in out
+    assert [line.split("│")[4].strip() for line in out.splitlines() if line.startswith("│")] == [
+        "accepted", "changed-since-accepted", "failed", "uncertain", "to-send", "to-send", "to-send"]
     assert ("recipients: 3 to send, 1 already accepted, 1 failed (sent again), 1 uncertain (held), "
             "1 changed since accepted\n") in out
     assert "1 recipients were accepted with another text or other values than they would get now: apply never " \
