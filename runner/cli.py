@@ -179,6 +179,11 @@ API_OPTION = click.option("--api", type=click.Choice(["v2", "v1"]), default="v2"
                           help="Target API: Send Message API v2, or SMS API v1 (one request per destination).")
 
 
+ENV_OPTION = click.option("--env", "environment", envvar="CAMPAIGN_ENV", default="default", show_default=True,
+                          help="The environment (tenant) this run targets; env CAMPAIGN_ENV. "
+                          "Each environment gets every campaign once.")
+
+
 class _DetailedUsageError(click.UsageError):
     exit_code = int(ExitCode.INVALID)
 
@@ -221,10 +226,13 @@ def _usage_as_invalid(enabled: bool) -> Iterator[None]:
               help="Only compare this saved plan with FILE's inputs: exit 0 current, 1 stale.")
 @click.option("--detailed-exitcode", is_flag=True,
               help="Exit 0 when nothing is to send, 2 when something is, 1 invalid (like Terraform).")
-@click.option("--state", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Ledger to plan against (read only): already accepted, failed, uncertain, to send.")
+@click.option("--state", default=None,
+              help="Ledger to plan against (read only): a SQLite file or a postgresql:// URL; env CAMPAIGN_STATE "
+              "(or CAMPAIGN_STATE_FILE). Shows per recipient: to send, accepted, failed, uncertain, changed.")
+@ENV_OPTION
 def plan(files: tuple[Path, ...], api: str, show_all: bool, output_format: str, strict: bool, show_pii: bool,
-         save_to: Path | None, check: Path | None, detailed_exitcode: bool, state: Path | None) -> None:
+         save_to: Path | None, check: Path | None, detailed_exitcode: bool, state: str | None,
+         environment: str) -> None:
     """Dry run: every rendered message, its encoding and segments, and the totals.
 
     Several FILES make one markdown comment (--format markdown)."""
@@ -235,7 +243,10 @@ def plan(files: tuple[Path, ...], api: str, show_all: bool, output_format: str, 
 
         settings = PlanSettings(files[0], "v1" if api == "v1" else "v2", show_all, output_format, strict,
                                 show_pii=show_pii, more_files=files[1:], step_summary=_step_summary(),
-                                save_to=save_to, check=check, detailed_exitcode=detailed_exitcode, state=state)
+                                save_to=save_to, check=check, detailed_exitcode=detailed_exitcode,
+                                # several files make one comment without a ledger: CAMPAIGN_STATE is not read then
+                                state=_state_from(state, None) if state or len(files) == 1 else state,
+                                environment=environment)
         sys.exit(run_plan(settings, now=now_utc(), out=_stdout(), err=sys.stderr, redact=_env_redactor()))
 
 
@@ -258,9 +269,6 @@ def compile_command(file: Path, output: Path | None, api: str) -> None:
 
 STATE_HELP = ("Ledger: a SQLite file (default .campaign/state.db; .campaign/sandbox.db with --sandbox) or a "
               "postgresql:// URL; env CAMPAIGN_STATE (or CAMPAIGN_STATE_FILE naming a file that holds it).")
-ENV_OPTION = click.option("--env", "environment", envvar="CAMPAIGN_ENV", default="default", show_default=True,
-                          help="The environment (tenant) this run targets; env CAMPAIGN_ENV. "
-                          "Each environment gets every campaign once.")
 
 
 def _state_from(state: str | None, default: str | None) -> str | None:

@@ -84,7 +84,8 @@ class PlanSettings:
     save_to: Path | None = None  # -o/--out: write a saved plan here
     check: Path | None = None  # --check: compare this saved plan with the inputs instead of planning
     detailed_exitcode: bool = False  # 0 nothing to send, 2 something to send (1 stays invalid)
-    state: Path | None = None  # a ledger to plan against (read only)
+    state: Path | str | None = None  # a ledger to plan against (read only): SQLite path or postgresql:// URL
+    environment: str = "default"  # --env: the tenant planned for (ledger rows, the saved plan)
 
 
 MULTI_FILE_FORMATS = ("markdown",)
@@ -96,6 +97,9 @@ SOMETHING_TO_SEND = 2
 
 def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO | None = None,
              redact: Redact | None = None) -> ExitCode | int:
+    from .ledger import check_environment_name
+
+    check_environment_name(settings.environment)
     reporter = _reporter(settings.output_format, out, show_pii=settings.show_pii, step_summary=settings.step_summary)
     if settings.more_files:
         if settings.save_to is not None or settings.check is not None or settings.state is not None:
@@ -113,29 +117,28 @@ def run_plan(settings: PlanSettings, *, now: datetime, out: TextIO, err: TextIO 
         from .planfile import RequestHasher
 
         hasher = RequestHasher()  # the saved plan's digest from the plan's own compile pass
-    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN,
-                      on_wire=hasher)
-    to_send = plan.summary.messages
     ledger_counts = None
+    against: StateView | None = None
     if settings.state is not None:
-        ledger_counts, to_send = _plan_against_state(campaign, settings, plan.summary.messages)
-        plan = replace(plan, ledger={
-            "found": ledger_counts is not None,
-            "acceptedDestinations": ledger_counts.accepted if ledger_counts else 0,
-            "failedDestinations": ledger_counts.failed if ledger_counts else 0,
-            "uncertainDestinations": ledger_counts.uncertain if ledger_counts else 0,
-            "toSend": to_send,
-        })
+        against = _plan_against_state(campaign, settings)
+        ledger_counts = against.counts
+    plan = build_plan(campaign, warnings, api=settings.api, limit=None if settings.show_all else DEFAULT_SHOWN,
+                      on_wire=hasher, held=against.held if against is not None else None)
+    to_send = plan.summary.messages
+    if against is not None:
+        plan, to_send = _with_ledger(plan, against)
     if redact is not None:
         plan = _redacted_plan(plan, redact)
     reporter.plan(plan, show_all=settings.show_all)
-    if settings.state is not None and settings.output_format != "json":
+    if against is not None and settings.output_format != "json":
         out.write(_ledger_totals_line(ledger_counts, to_send))
+        out.write(_recipient_states_lines(plan, against.refusal))
     if settings.save_to is not None:
         from .planfile import build_saved_plan, write_plan
 
         saved = build_saved_plan(campaign, plan.summary, plan_path=settings.save_to, created_at=now,
-                                 ledger=ledger_counts, requests=hasher.result() if hasher else None)
+                                 ledger=ledger_counts, requests=hasher.result() if hasher else None,
+                                 environment=settings.environment)
         write_plan(saved, settings.save_to)
         (err or sys.stderr).write(f"saved plan: {settings.save_to} ({saved.requests.count} requests, "
                                   f"sha256 {saved.requests.sha256[:12]}…); apply it with "
@@ -151,7 +154,7 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     """`plan FILE --check PLAN`: 0 when PLAN still describes FILE's requests, 1 when stale.
     The saved input digests are compared before the campaign is loaded, so a changed CSV
     is named even when the change broke it."""
-    from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
+    from .planfile import campaign_path, differences, environment_mismatch, read_plan, snapshot, stale_inputs
 
     assert settings.check is not None
     if not settings.check.is_file():
@@ -162,6 +165,9 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     changes = []
     if not named.exists() or named.resolve() != settings.file.resolve():
         changes.append(f"the plan is for {saved.campaign_file}, not for {settings.file}")
+    mismatch = environment_mismatch(saved, settings.environment)
+    if mismatch is not None:  # apply there would refuse it: say so at review, not at merge
+        changes.append(mismatch.replace("this apply targets", "this check (--env, CAMPAIGN_ENV) targets"))
     changes += stale_inputs(saved, settings.check)
     if not changes:
         campaign, _ = load_campaign(settings.file, now=now, strict=settings.strict)
@@ -169,7 +175,8 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     if changes:
         for change in changes:
             out.write(f"{settings.check}: stale: {change}\n")
-        out.write(f"hint: run `campaign plan {settings.file} -o {settings.check}` and commit the new plan\n")
+        env = "" if settings.environment == "default" else f" --env {settings.environment}"
+        out.write(f"hint: run `campaign plan {settings.file}{env} -o {settings.check}` and commit the new plan\n")
         return ExitCode.INVALID
     out.write(f"{settings.check}: current ({saved.requests.count} requests, {saved.counts.get('messages')} "
               "messages)\n")
@@ -178,23 +185,77 @@ def _check_saved_plan(settings: PlanSettings, now: datetime, out: TextIO) -> Exi
     return ExitCode.OK
 
 
-def _plan_against_state(campaign: Campaign, settings: PlanSettings, planned: int) -> tuple[LedgerCounts | None, int]:
-    """What the ledger already holds for the campaign and how many messages are left to
-    send, through the ledger's public read methods only. No ledger yet: all are left."""
-    from .ledger import Ledger
+@dataclass(frozen=True)
+class StateView:
+    """What `plan --state` read from the ledger (nothing else is kept of it)."""
+
+    counts: LedgerCounts | None  # None: no ledger at that path yet
+    held: Mapping[str, str]  # msisdn -> content digest if accepted, else status: Ledger.destination_states
+    refusal: str | None  # why `apply` (without --allow-changes) would refuse, or None
+
+
+def _plan_against_state(campaign: Campaign, settings: PlanSettings) -> StateView:
+    """What the ledger holds for the campaign in the plan's environment, through the
+    ledger's public read methods only. A SQLite path that does not exist is not created
+    (no ledger yet: everything is to send); an existing ledger of an older schema is
+    migrated on opening, as by every command, and nothing else is written."""
+    from .ledger import check_environment_name, open_ledger
     from .planfile import LedgerCounts
+    from .send import REPLANNED_SUFFIX, input_hash
 
     assert settings.state is not None
-    if not settings.state.exists():
-        return None, planned
-    with Ledger.open(settings.state) as ledger:
-        destinations = ledger.summary(campaign.id).destinations
-        accepted = ledger.accepted_msisdns(campaign.id)
+    check_environment_name(settings.environment)
+    state = state_ref(settings.state)
+    if isinstance(state, Path) and not state.exists():
+        return StateView(None, {}, None)
+    with open_ledger(state, environment=settings.environment) as ledger:
+        destinations = ledger.destination_counts(campaign.id)
+        stored = ledger.campaign_hash(campaign.id)
+        held = ledger.destination_states(campaign.id)
     counts = LedgerCounts(destinations.get("accepted", 0), destinations.get("failed", 0),
                           destinations.get("uncertain", 0) + destinations.get("in-flight", 0))
-    if not accepted:
-        return counts, planned
-    return counts, Compiler(campaign, settings.api, skip=accepted.__contains__).tally().messages
+    touched = counts.accepted + counts.uncertain
+    refusal = None
+    if stored is not None and touched and stored.removesuffix(REPLANNED_SUFFIX) != input_hash(campaign, settings.api):
+        refusal = (f"the campaign's inputs changed after {touched} destinations were sent (or may have been): "
+                   "apply refuses (exit 4) unless --allow-changes, which sends only to the recipients to send "
+                   "and failed ones")
+    return StateView(counts, held, refusal)
+
+
+def _with_ledger(plan: Plan, against: StateView) -> tuple[Plan, int]:
+    """The plan with its `ledger` object (JSON) and the number of messages apply would send:
+    recipients never sent and failed ones (uncertain ones are held, accepted ones skipped,
+    a changed one too)."""
+    from .plan import FAILED, TO_SEND
+
+    recipients = dict(plan.ledger["recipients"]) if plan.ledger else {}
+    to_send = recipients.get(TO_SEND, 0) + recipients.get(FAILED, 0)
+    counts = against.counts
+    return replace(plan, ledger={
+        "found": counts is not None,
+        "acceptedDestinations": counts.accepted if counts else 0,
+        "failedDestinations": counts.failed if counts else 0,
+        "uncertainDestinations": counts.uncertain if counts else 0,
+        "toSend": to_send,
+        "recipients": recipients,
+        "applyRefuses": against.refusal,
+    }), to_send
+
+
+def _recipient_states_lines(plan: Plan, refusal: str | None) -> str:
+    from .plan import ACCEPTED, CHANGED, FAILED, TO_SEND, UNCERTAIN
+
+    r = plan.ledger["recipients"] if plan.ledger else {}
+    lines = (f"recipients: {r.get(TO_SEND, 0)} to send, {r.get(ACCEPTED, 0)} already accepted, "
+             f"{r.get(FAILED, 0)} failed (sent again), {r.get(UNCERTAIN, 0)} uncertain (held), "
+             f"{r.get(CHANGED, 0)} changed since accepted\n")
+    if r.get(CHANGED, 0):
+        lines += (f"  {r[CHANGED]} recipients were accepted with another text or other values than they would get "
+                  "now: apply never resends them (it skips accepted numbers)\n")
+    if refusal is not None:
+        lines += f"apply would refuse: {refusal}\n"
+    return lines
 
 
 def _ledger_totals_line(counts: LedgerCounts | None, to_send: int) -> str:
@@ -472,10 +533,17 @@ def _settings_from_saved_plan(settings: ApplySettings, *, now: datetime, err: Te
     reviewed requests. Every input and the request bodies are recomputed here; anything
     that differs refuses (exit 4) before a ledger is opened or a request made. Returns
     the verified requests' fingerprints, which the send is checked against."""
-    from .planfile import campaign_path, differences, read_plan, snapshot, stale_inputs
+    from .planfile import campaign_path, differences, environment_mismatch, read_plan, snapshot, stale_inputs
 
     plan_path = settings.file
     saved = read_plan(plan_path)
+    mismatch = environment_mismatch(saved, settings.environment)
+    if mismatch is not None:
+        raise CampaignError(
+            f"{plan_path}: {mismatch}; nothing sent",
+            exit_code=ExitCode.REFUSED,
+            hint=f"apply it with --env {saved.environment}, or review a plan made with --env {settings.environment}",
+        )
     changes = stale_inputs(saved, plan_path)
     fingerprints = bytearray()
     if not changes:

@@ -8,14 +8,14 @@ plan over a million recipients needs no more memory than one over ten.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from .compile import Compiled, Compiler, vendor_timestamp
+from .compile import Compiled, Compiler, content_digest, vendor_timestamp
 from .model import Api, Campaign, Diagnostic, Location, Message, RecipientFile, Severity
 from .recipients import iter_source
 from .render import Variable, same_value
@@ -56,7 +56,9 @@ class Plan:
     # replaced by `•••`; a text with logic shows its template instead.
     masked_texts: tuple[str, ...] = ()
     # `plan --state`: what the ledger holds and what is left to send (JSON key `ledger`)
-    ledger: Mapping[str, int | bool] | None = None
+    ledger: Mapping[str, Any] | None = None
+    # `plan --state`: each shown message's recipient state (see `RECIPIENT_STATES`)
+    message_states: tuple[str, ...] = ()
 
     def to_json(self, *, show_all: bool = False) -> dict[str, Any]:
         s = self.summary
@@ -89,8 +91,9 @@ class Plan:
                     "segments": m.count.segments if s.segments is not None else None,
                     "units": m.count.units,
                     "origin": str(m.origin),
+                    **({"state": self.message_states[i]} if self.message_states else {}),
                 }
-                for m in self.messages
+                for i, m in enumerate(self.messages)
             ],
             "messagesShown": len(self.messages),
             "warnings": [
@@ -103,6 +106,66 @@ class Plan:
         return data
 
 
+# `plan --state`: where each recipient stands against the ledger, in this order of totals.
+TO_SEND, ACCEPTED, FAILED, UNCERTAIN, CHANGED = "to-send", "accepted", "failed", "uncertain", "changed-since-accepted"
+RECIPIENT_STATES: tuple[str, ...] = (TO_SEND, ACCEPTED, FAILED, UNCERTAIN, CHANGED)
+
+
+# a ledger status as a plan state (`Ledger.destination_states` gives a digest for accepted ones)
+_STATE_OF_STATUS = {"pending": TO_SEND, "failed": FAILED, "uncertain": UNCERTAIN, "in-flight": UNCERTAIN,
+                    "accepted": ACCEPTED}
+
+
+class RecipientStates:
+    """Classifies each planned recipient against what the ledger holds for its number
+    (`Ledger.destination_states`): never sent (or pending) = to send; accepted, and what
+    would be sent now has another `content_digest` = changed since accepted (apply does
+    not resend it: it skips accepted numbers); else the ledger's status. A digest the
+    ledger does not have (rows recorded before it kept one) counts as unchanged.
+    The digest is only computed for accepted numbers."""
+
+    def __init__(self, compiler: Compiler, held: Mapping[str, str]) -> None:
+        self.held = held
+        self.counts: dict[str, int] = dict.fromkeys(RECIPIENT_STATES, 0)
+        campaign = compiler.campaign
+        # the parts `_v2_body`/`_v1_body` send, as `batch_content_digests` reads them back
+        self._text: str | None = None  # None: the rendered text itself (local mode)
+        self._shared: Mapping[str, Any] = {}
+        if campaign.template is not None:
+            self._text, self._shared = f"template:{campaign.template.id}", dict(campaign.substitutions)
+        elif compiler.platform:
+            self._text, self._shared = compiler._wire_text, compiler._shared_values
+
+    def digest(self, text: str, own: Mapping[str, Any]) -> str:
+        values = {**self._shared, **own} if own else self._shared
+        return content_digest(text if self._text is None else self._text, values)
+
+    def state(self, msisdn: str, text: str, own: Mapping[str, Any]) -> str:
+        found = self.held.get(msisdn)
+        if found is None:
+            return TO_SEND
+        status = _STATE_OF_STATUS.get(found)
+        if status is not None:
+            return status
+        return ACCEPTED if found == self.digest(text, own) else CHANGED  # `found` is the digest sent
+
+    def observe_items(self, members: Iterable[tuple[str, str, str, Mapping[str, Any], str]]) -> None:
+        """Count the state of each of compile's batching items (msisdn, correlation id, text, own values,
+        encoding), inlined: at a million accepted recipients each call saved is a second."""
+        get, counts, of_status = self.held.get, self.counts, _STATE_OF_STATUS
+        fixed, shared = self._text, self._shared
+        for msisdn, _, text, own, _ in members:
+            found = get(msisdn)
+            if found is None:
+                counts[TO_SEND] += 1
+                continue
+            state = of_status.get(found)
+            if state is None:  # the digest it was sent: compare with what it would get now
+                digest = content_digest(text if fixed is None else fixed, {**shared, **own} if own else shared)
+                state = ACCEPTED if found == digest else CHANGED
+            counts[state] += 1
+
+
 def build_plan(
     campaign: Campaign,
     warnings: tuple[Diagnostic, ...] = (),
@@ -110,19 +173,28 @@ def build_plan(
     api: Api = "v2",
     limit: int | None = DEFAULT_SHOWN,
     on_wire: Callable[[str], None] | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> Plan:
     """Compile the whole campaign without sending; keep the first `limit` messages (None = all).
 
     `on_wire` (with a `limit`) gets every request body as `compile` writes it, from the
-    same pass that counts: a saved plan's digest without a second compile."""
+    same pass that counts: a saved plan's digest without a second compile. `held`
+    (`Ledger.destination_states`) classifies every recipient in that same pass: the
+    totals go into `ledger["recipients"]`, each shown message's into `message_states`."""
     compiler = Compiler(campaign, api)
+    states = RecipientStates(compiler, held) if held is not None else None
     shown: list[Message] = []
     masked: list[str] = []
+    shown_states: list[str] = []
     if limit is None:
         def keep_all() -> Iterator[Compiled]:
             for item in compiler.iter_compiled():
                 shown.append(item.message)
                 masked.append(_masked_text(compiler, item))
+                if states is not None:
+                    m = item.message
+                    shown_states.append(states.state(m.msisdn, m.text, item.own_values))
+                    states.counts[shown_states[-1]] += 1
                 yield item
 
         compiler.tally(keep_all())
@@ -134,7 +206,20 @@ def build_plan(
             for item in islice(Compiler(campaign, api).iter_compiled(), limit):
                 shown.append(item.message)
                 masked.append(_masked_text(compiler, item))
-        if on_wire is None:
+                if states is not None:
+                    shown_states.append(states.state(item.message.msisdn, item.message.text, item.own_values))
+        if states is not None:
+            # compile's batching items (msisdn, correlation id, text, own values, encoding),
+            # each classified once; bodies are built only for a saved plan's digest
+            observe = states.observe_items
+            if on_wire is None:
+                for _, members in compiler._iter_groups(None):
+                    observe(members)
+            else:
+                for _, members, _, wire in compiler._iter_requests(None):
+                    on_wire(wire)
+                    observe(members)
+        elif on_wire is None:
             compiler.tally()
         else:
             for wire in compiler.iter_wire():  # fills the same counters as tally, building bodies
@@ -163,7 +248,9 @@ def build_plan(
     return Plan(summary, tuple(shown),
                 tuple(warnings) + tuple(_encoding_warnings(compiler)) + _template_note(campaign)
                 + tuple(control_character_warnings(campaign)) + _nobody_note(campaign, summary),
-                tuple(masked))
+                tuple(masked),
+                ledger=None if states is None else {"recipients": dict(states.counts)},
+                message_states=tuple(shown_states))
 
 
 def _nobody_note(campaign: Campaign, summary: PlanSummary) -> tuple[Diagnostic, ...]:

@@ -76,6 +76,8 @@ class SavedPlan:
     tool_version: str = __version__
     created_at: str = ""
     ledger: LedgerCounts | None = None
+    # the environment (tenant, `--env`) the plan was made for: apply refuses another one
+    environment: str = "default"
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -85,6 +87,7 @@ class SavedPlan:
             "tool": {"name": "campaign-runner", "version": self.tool_version},
             "created_at": self.created_at,
             "campaign": {"id": self.campaign_id, "file": self.campaign_file, "api": self.api},
+            "environment": self.environment,
             "inputs": [{"role": i.role, "path": i.path, "sha256": i.sha256} for i in self.inputs],
             "requests": {"count": self.requests.count, "sha256": self.requests.sha256},
             "counts": dict(self.counts),
@@ -186,7 +189,8 @@ def guard_batches(batches: Iterator[Batch], fingerprints: bytes, plan_path: Path
 
 
 def build_saved_plan(campaign: Campaign, summary: PlanSummary, *, plan_path: Path, created_at: datetime,
-                     ledger: LedgerCounts | None = None, requests: RequestDigest | None = None) -> SavedPlan:
+                     ledger: LedgerCounts | None = None, requests: RequestDigest | None = None,
+                     environment: str = "default") -> SavedPlan:
     """`requests`, when the plan's own compile pass hashed them; else one more pass here."""
     return SavedPlan(
         campaign_id=campaign.id,
@@ -208,6 +212,7 @@ def build_saved_plan(campaign: Campaign, summary: PlanSummary, *, plan_path: Pat
         },
         created_at=created_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         ledger=ledger,
+        environment=environment,
     )
 
 
@@ -276,6 +281,8 @@ def read_plan(path: Path) -> SavedPlan:
             schedule=dict(data.get("schedule") or {}),
             tool_version=str(data.get("tool", {}).get("version", "")),
             created_at=str(data.get("created_at", "")),
+            # a plan written before plans named their environment was made for the default one
+            environment=str(data.get("environment", "default")),
             ledger=None if ledger is None else LedgerCounts(int(ledger["acceptedDestinations"]),
                                                             int(ledger["failedDestinations"]),
                                                             int(ledger["uncertainDestinations"])),
@@ -290,6 +297,15 @@ def campaign_path(plan: SavedPlan, plan_path: Path) -> Path:
 
 
 # --- comparing ----------------------------------------------------------------------------
+
+
+def environment_mismatch(plan: SavedPlan, environment: str) -> str | None:
+    """Why `plan` must not be applied to `environment`, or None. A plan reviewed for
+    staging says nothing of what production has already received: applying it there
+    would send what nobody reviewed for that tenant."""
+    if plan.environment == environment:
+        return None
+    return f"the plan was made for environment '{plan.environment}', this apply targets '{environment}'"
 
 
 def stale_inputs(plan: SavedPlan, plan_path: Path) -> list[str]:

@@ -434,10 +434,12 @@ class MarkdownReporter(Reporter):
                 lines.append(f"- … {len(plan.warnings) - warnings_shown} more (run `campaign plan` for all)")
         masked = not self.show_pii
         text_header = "text (personal values •••)" if masked else "text"
+        states = plan.message_states  # plan --state: each recipient's state against the ledger
         opening = "\n".join(["", f"<details><summary>Messages ({len(plan.messages)} of {s.messages:,} shown"
                              f"{', phone numbers and personal values masked' if masked else ''})</summary>", "",
-                             f"| # | msisdn | correlationId | encoding | segments | characters | {text_header} |",
-                             "|---|---|---|---|---|---|---|"])
+                             f"| # | msisdn | correlationId |{' state |' if states else ''} encoding | segments | "
+                             f"characters | {text_header} |",
+                             "|---|---|---|" + ("---|" if states else "") + "---|---|---|---|"])
         rows = []
         for number, m in enumerate(plan.messages, 1):
             segments = "?" if s.segments is None else str(m.count.segments)
@@ -446,7 +448,8 @@ class MarkdownReporter(Reporter):
                 msisdn, correlation_id = mask_msisdn(m.msisdn), mask_identifier(m.correlation_id)
             else:
                 shown, msisdn, correlation_id = m.text, m.msisdn, m.correlation_id
-            rows.append(f"| {number} | {self._cell(msisdn)} | {self._cell(correlation_id)} | "
+            state = f" {states[number - 1]} |" if states else ""
+            rows.append(f"| {number} | {self._cell(msisdn)} | {self._cell(correlation_id)} |{state} "
                         f"{m.count.encoding.value} | {segments} | {len(m.text):,} | {_md_cell(shown)} |")
         return _Section("\n".join(lines), opening, rows, "\n</details>")
 
@@ -560,12 +563,14 @@ def _summary_table(plan: Plan) -> Table:
 
 def _messages_table(plan: Plan) -> Table:
     table = Table(show_lines=False)
-    for name in ("#", "msisdn", "correlationId", "encoding", "seg", "text"):
+    states = plan.message_states  # plan --state: each recipient's state against the ledger
+    for name in ("#", "msisdn", "correlationId", *(("state",) if states else ()), "encoding", "seg", "text"):
         table.add_column(name, overflow="fold")
     for number, m in enumerate(plan.messages, 1):
         segments = "?" if plan.summary.segments is None else str(m.count.segments)
-        table.add_row(str(number), Text(visible(m.msisdn)), Text(visible(m.correlation_id)), m.count.encoding.value,
-                      segments, Text(visible(m.text)))
+        state = (states[number - 1],) if states else ()
+        table.add_row(str(number), Text(visible(m.msisdn)), Text(visible(m.correlation_id)), *state,
+                      m.count.encoding.value, segments, Text(visible(m.text)))
     return table
 
 

@@ -91,7 +91,7 @@ def test_open_creates_directory_schema_and_pragmas(state: Path) -> None:
     raw = sqlite3.connect(state)
     tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"campaigns", "batches", "destinations", "receipts", "runs"} <= tables
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
     columns = {row[1] for row in raw.execute("PRAGMA table_info(batches)")}
     assert {"campaign_id", "batch_key", "batch_index", "api", "status", "attempts", "http_status",
             "vendor_code", "vendor_message", "message_id", "destinations_count", "run_id",
@@ -462,10 +462,14 @@ def test_nothing_secret_like_is_stored(ledger: Ledger) -> None:
     for table, columns in tables.items():
         for column in columns:
             name = column.lower()
+            if (table, name) == ("destinations", "content_digest"):
+                continue  # a 16-hex-digit digest of what was sent, checked below, never the text
             assert not any(word in name for word in suspicious), f"{table}.{name}"
             assert name == "batch_key" or "key" not in name, f"{table}.{name}"
         for row in rows(ledger, f"SELECT * FROM {table}"):
             assert not any(isinstance(value, str) and "20% off" in value for value in row)
+    digests = [row[0] for row in rows(ledger, "SELECT content_digest FROM destinations")]
+    assert digests and all(len(d) == 16 and int(d, 16) >= 0 for d in digests)
 
 
 # --- concurrency and volume ------------------------------------------------------------

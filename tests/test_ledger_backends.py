@@ -204,7 +204,7 @@ def test_a_schema_1_sqlite_ledger_moves_to_the_default_environment(tmp_path: Pat
     with open_ledger(path, environment="staging") as ledger:
         assert ledger.summary("old").total_batches == 0
     raw = sqlite3.connect(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
     assert not [r for r in raw.execute("SELECT name FROM sqlite_master WHERE name LIKE 'v1_%'")]
     raw.close()
 
@@ -218,7 +218,7 @@ def test_a_newer_postgres_schema_is_refused(pg_state: str) -> None:
     with pytest.raises(CampaignError) as refused:
         open_ledger(pg_state)
     assert refused.value.exit_code == ExitCode.REFUSED
-    assert "newer campaign-runner (schema 99, this one knows 2)" in refused.value.message
+    assert "newer campaign-runner (schema 99, this one knows 3)" in refused.value.message
 
 
 # --- receipts ---------------------------------------------------------------------------------

@@ -64,10 +64,11 @@ def plan(path: Path, **options: Any) -> tuple[int, str, str]:
     return int(code), out.getvalue(), err.getvalue()
 
 
-def apply(path: Path, sandbox: Sandbox, state: Path) -> tuple[int, str, str]:
+def apply(path: Path, sandbox: Sandbox, state: Path, environment: str = "default") -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     console = Console(out=out, err=err, interactive=False, confirm=lambda q: False, environ=ENV)
-    settings = ApplySettings(file=path, yes=True, base_url=sandbox.url, state=state, quiet=True)
+    settings = ApplySettings(file=path, yes=True, base_url=sandbox.url, state=state, quiet=True,
+                             environment=environment)
     code = run_apply(settings, now=datetime.now(timezone.utc), console=console)
     return int(code), out.getvalue(), err.getvalue()
 
@@ -135,7 +136,7 @@ def test_two_plans_of_the_same_inputs_differ_only_in_created_at(tmp_path: Path) 
     assert one["created_at"] != two["created_at"]
     one.pop("created_at"), two.pop("created_at")
     assert one == two
-    assert list(json.loads(first.read_text())) == ["format_version", "tool", "created_at", "campaign", "inputs",
+    assert list(json.loads(first.read_text())) == ["format_version", "tool", "created_at", "campaign", "environment", "inputs",
                                                     "requests", "counts", "schedule", "ledger"]
 
 
@@ -237,6 +238,75 @@ def test_apply_of_an_unchanged_plan_sends_exactly_the_planned_recipients(tmp_pat
     assert len(sandbox.messages()) == 8
 
 
+def test_a_plan_for_staging_applied_to_production_refuses_with_4_naming_both_and_sends_nothing(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    campaign = make_campaign(tmp_path)
+    plan_path = tmp_path / "promo.plan.json"
+    assert plan(campaign, save_to=plan_path, environment="staging")[0] == 0
+    assert json.loads(plan_path.read_text(encoding="utf-8"))["environment"] == "staging"
+    assert read_plan(plan_path).environment == "staging"
+    state = tmp_path / "state.db"
+    with pytest.raises(CampaignError) as raised:
+        apply(plan_path, sandbox, state, environment="production")
+    assert raised.value.exit_code == ExitCode.REFUSED
+    assert raised.value.message == (f"{plan_path}: the plan was made for environment 'staging', this apply targets "
+                                    "'production'; nothing sent")
+    assert sandbox.stats()["requests"] == 0
+    assert not state.exists()
+    with pytest.raises(CampaignError):  # nor the default environment
+        apply(plan_path, sandbox, state)
+    assert sandbox.stats()["requests"] == 0
+    code, _, _ = apply(plan_path, sandbox, state, environment="staging")
+    assert code == 0
+    assert len(sandbox.messages()) == 8
+    with Ledger.open(state, environment="staging") as ledger:
+        assert sum(ledger.summary(CAMPAIGN_ID).destinations.values()) == 8
+
+
+def test_check_of_a_plan_made_for_another_environment_is_stale(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path)
+    plan_path = tmp_path / "promo.plan.json"
+    plan(campaign, save_to=plan_path, environment="staging")
+    assert plan(campaign, check=plan_path, environment="staging")[0] == 0
+    code, out, _ = plan(campaign, check=plan_path, environment="production")
+    assert code == 1
+    assert out.splitlines()[0] == (f"{plan_path}: stale: the plan was made for environment 'staging', this check "
+                                   "(--env, CAMPAIGN_ENV) targets 'production'")
+    assert out.splitlines()[1] == f"hint: run `campaign plan {campaign} --env production -o {plan_path}` and commit " \
+                                  "the new plan"
+
+
+def test_a_plan_without_an_environment_field_is_for_the_default_environment(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Plans written before the field existed still apply where they were made for."""
+    campaign = make_campaign(tmp_path)
+    plan_path = tmp_path / "promo.plan.json"
+    plan(campaign, save_to=plan_path)
+    data = json.loads(plan_path.read_text(encoding="utf-8"))
+    assert data["environment"] == "default"
+    del data["environment"]
+    plan_path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(CampaignError) as raised:
+        apply(plan_path, sandbox, tmp_path / "s.db", environment="production")
+    assert "made for environment 'default', this apply targets 'production'" in raised.value.message
+    assert apply(plan_path, sandbox, tmp_path / "s.db")[0] == 0
+    assert len(sandbox.messages()) == 8
+
+
+def test_plan_env_comes_from_campaign_env_through_the_real_command(tmp_path: Path) -> None:
+    campaign = make_campaign(tmp_path)
+    plan_path = tmp_path / "promo.plan.json"
+    env = {"CAMPAIGN_NOW": "2026-11-23T12:00:00Z", "PATH": "/usr/bin:/bin", "CAMPAIGN_ENV": "staging"}
+    done = subprocess.run([*campaign_command(), "plan", str(campaign), "-o", str(plan_path)], capture_output=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0
+    assert read_plan(plan_path).environment == "staging"
+    done = subprocess.run([*campaign_command(), "plan", str(campaign), "--env", "bad name"], capture_output=True,
+                          env=env, timeout=120, text=True)
+    assert done.returncode == 2
+    assert "invalid environment name 'bad name'" in done.stderr
+
+
 def test_apply_of_a_plan_refuses_a_changed_campaign_file_through_the_real_command(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
@@ -327,12 +397,19 @@ def test_plan_against_state_counts_what_the_ledger_holds(tmp_path: Path, sandbox
                                                           "uncertainDestinations": 0}
     code, out, _ = plan(campaign, state=state, output_format="json")
     assert code == 0
-    assert json.loads(out)["ledger"] == {"found": True, "acceptedDestinations": 8, "failedDestinations": 0,
-                                         "uncertainDestinations": 0, "toSend": 1}
+    assert json.loads(out)["ledger"] == {
+        "found": True, "acceptedDestinations": 8, "failedDestinations": 0, "uncertainDestinations": 0, "toSend": 1,
+        "recipients": {"to-send": 1, "accepted": 8, "failed": 0, "uncertain": 0, "changed-since-accepted": 0},
+        "applyRefuses": "the campaign's inputs changed after 8 destinations were sent (or may have been): apply "
+                        "refuses (exit 4) unless --allow-changes, which sends only to the recipients to send and "
+                        "failed ones"}
     assert "ledger" not in json.loads(plan(campaign, output_format="json")[1])
     assert json.loads(plan(campaign, state=tmp_path / "none.db", output_format="json")[1])["ledger"] == {
         "found": False, "acceptedDestinations": 0, "failedDestinations": 0, "uncertainDestinations": 0,
-        "toSend": 9}
+        "toSend": 9,
+        "recipients": {"to-send": 9, "accepted": 0, "failed": 0, "uncertain": 0, "changed-since-accepted": 0},
+        "applyRefuses": None}
+    assert not (tmp_path / "none.db").exists()  # read only: a missing ledger is not created
 
 
 def test_plan_against_state_with_everything_accepted_has_nothing_to_send(tmp_path: Path, sandbox: Sandbox) -> None:

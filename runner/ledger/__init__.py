@@ -600,18 +600,21 @@ class Ledger(ABC):
                 )
             return False
         unique = {(d.msisdn, d.correlation_id) for d in batch.destinations}
+        digests = batch_content_digests(batch)
         connection.execute(
             "INSERT INTO batches(environment, batch_key, campaign_id, batch_index, api, status, destinations_count, "
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
             (env, batch.key, campaign_id, batch.index, batch.api, len(unique), now, now),
         )
         connection.insert_rows(
-            "INSERT INTO destinations(environment, campaign_id, batch_key, msisdn, correlation_id, status)",
-            "(?, ?, ?, ?, ?, 'pending')",
+            "INSERT INTO destinations(environment, campaign_id, batch_key, msisdn, correlation_id, status, "
+            "content_digest)",
+            "(?, ?, ?, ?, ?, 'pending', ?)",
             "ON CONFLICT(environment, campaign_id, msisdn, correlation_id) DO UPDATE "
-            "SET batch_key = excluded.batch_key, status = 'pending' "
+            "SET batch_key = excluded.batch_key, status = 'pending', content_digest = excluded.content_digest "
             "WHERE destinations.status IN ('pending', 'failed', 'uncertain')",
-            [(env, campaign_id, batch.key, msisdn, correlation_id) for msisdn, correlation_id in unique],
+            [(env, campaign_id, batch.key, msisdn, correlation_id, digests.get(msisdn))
+             for msisdn, correlation_id in unique],
         )
         held = connection.execute(
             "SELECT count(*) FROM destinations WHERE environment = ? AND batch_key = ?", (env, batch.key)
@@ -817,6 +820,43 @@ class Ledger(ABC):
             ).fetchall()
         return {(str(msisdn), str(correlation_id)) for msisdn, correlation_id in rows}
 
+    def destination_states(self, campaign_id: str) -> dict[str, str]:
+        """msisdn -> what `plan --state` needs of each destination of the campaign: the
+        `content_digest` of an accepted one (16 hex digits), else its status (an accepted
+        one recorded before digests existed: `accepted`). One string a number, built by
+        the driver from one query, because a campaign may hold a million. A number held
+        twice (two correlation ids) keeps its most-sent state: accepted, then in flight or
+        uncertain, then failed, then pending."""
+        key = (self.environment, campaign_id)
+        with self._read() as connection:
+            found: dict[str, str] = dict(connection.execute(
+                "SELECT msisdn, CASE WHEN status = 'accepted' AND content_digest IS NOT NULL THEN content_digest "
+                f"ELSE status END FROM destinations{_whole_table(connection)} WHERE environment = ? AND campaign_id = ?",
+                key))
+            twice = connection.execute(
+                "SELECT msisdn, status, content_digest FROM destinations WHERE environment = ? AND campaign_id = ? "
+                "AND msisdn IN (SELECT msisdn FROM destinations WHERE environment = ? AND campaign_id = ? "
+                "GROUP BY msisdn HAVING count(*) > 1)", (*key, *key)).fetchall()
+        best: dict[str, tuple[int, str]] = {}
+        for msisdn, status, digest in twice:
+            rank = _SENT_RANK[status]
+            if msisdn not in best or rank > best[msisdn][0]:
+                best[msisdn] = (rank, digest if status == "accepted" and digest is not None else status)
+        for msisdn, (_, value) in best.items():
+            found[msisdn] = value
+        return found
+
+    def destination_counts(self, campaign_id: str) -> dict[str, int]:
+        """Destinations of the campaign by status (every status, zeros included): the part
+        of `summary` that `plan --state` needs, read in table order (see `_whole_table`)."""
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        with self._read() as connection:
+            for status, count in connection.execute(
+                f"SELECT status, count(*) FROM destinations{_whole_table(connection)} "
+                "WHERE environment = ? AND campaign_id = ? GROUP BY status", (self.environment, campaign_id)):
+                counts[str(status)] = int(count)
+        return counts
+
     def accepted_msisdns(self, campaign_id: str) -> set[str]:
         return self.msisdns_with_status(campaign_id, "accepted")
 
@@ -1015,6 +1055,40 @@ class Ledger(ABC):
             environment=self.environment,
             receipt_codes=receipt_codes,
         )
+
+
+def _whole_table(connection: Connection) -> str:
+    """For a query reading most rows of a campaign: on SQLite, read the table in its own
+    order rather than through the (environment, campaign, msisdn) index, whose order
+    sends each row's lookup to another page: at a million destinations 1.5 s instead of
+    4 s (and 0.5 s instead of 2.8 s to count them by status)."""
+    return " NOT INDEXED" if connection.dialect.name == "sqlite" else ""
+
+
+_SENT_RANK: Final = {"pending": 0, "failed": 1, "uncertain": 2, "in-flight": 2, "accepted": 3}
+
+
+def batch_content_digests(batch: Batch) -> dict[str, str]:
+    """msisdn -> `content_digest` of what the batch sends that number (a number is in a
+    campaign's requests once: duplicates are dropped before batching), read
+    from its body: the request's text (or `template:<id>`) and the values the platform
+    fills in for that destination (the request's `substitutions`, then its own)."""
+    from runner.compile import content_digest
+
+    body = batch.body
+    if batch.api == "v1":
+        return {str(body.get("to", "")): content_digest(str(body.get("content", "")), body.get("substitutions") or {})}
+    template = body.get("template")
+    text = f"template:{template['id']}" if template else str(body.get("content", {}).get("text", ""))
+    shared = body.get("substitutions") or {}
+    digests = {}
+    common = content_digest(text, shared)  # local mode: every destination of a request shares it
+    for entry in body.get("to", ()):
+        own = entry.get("substitutions")
+        digest = content_digest(text, {**shared, **own}) if own else common
+        for msisdn in entry.get("msisdn", ()):
+            digests[str(msisdn)] = digest
+    return digests
 
 
 def _receipt_fields(receipt: Mapping[str, Any]) -> dict[str, str]:

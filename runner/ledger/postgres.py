@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 from runner.errors import CampaignError, ExitCode
 
 from . import DEFAULT_ENVIRONMENT, SCHEMA_VERSION, Connection, Cursor, Dialect, Ledger, mask_state
+from .schema import ADD_CONTENT_DIGEST
 
 if TYPE_CHECKING:
     import psycopg
@@ -242,10 +243,13 @@ def _migrate(connection: Connection, shown: str) -> None:
                 exit_code=ExitCode.REFUSED,
                 hint="upgrade campaign-runner",
             )
-        if version < SCHEMA_VERSION:
+        if version == 2:
+            connection.execute(ADD_CONTENT_DIGEST)
+        elif version < SCHEMA_VERSION:
             # PostgreSQL ledgers start at the schema with environments (version 2)
             for statement in DIALECT.statements(DIALECT.schema()):
                 connection.execute(statement)
+        if version < SCHEMA_VERSION:
             connection.execute(f"DELETE FROM {_VERSION_TABLE}")
             connection.execute(f"INSERT INTO {_VERSION_TABLE}(version) VALUES (?)", (SCHEMA_VERSION,))
         connection.execute("COMMIT")

@@ -6,13 +6,16 @@ Version 1: tables keyed by campaign id alone (SQLite only).
 Version 2: every table keyed by (environment, campaign id); `environments` remembers the
 API host of each; `orphan_receipts` keeps receipts that matched nothing yet;
 `apply_locks` names who holds the apply lock of a campaign.
+Version 3: `destinations.content_digest`, a digest of what each destination was sent
+(`compile.content_digest`), so `plan --state` can tell a recipient whose message changed
+since it was accepted; NULL for rows recorded before (unknown).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 SCHEMA: Final = """
 CREATE TABLE environments (
@@ -75,6 +78,7 @@ CREATE TABLE destinations (
     correlation_id  TEXT NOT NULL,
     status          TEXT NOT NULL
                     CHECK (status IN ('pending', 'in-flight', 'accepted', 'failed', 'uncertain')),
+    content_digest  TEXT,
     UNIQUE (environment, campaign_id, msisdn, correlation_id),
     FOREIGN KEY (environment, batch_key) REFERENCES batches(environment, batch_key)
 );
@@ -125,3 +129,6 @@ CREATE TABLE apply_locks (
 )
 """
 
+
+# from version 2 to 3, on both backends
+ADD_CONTENT_DIGEST: Final = "ALTER TABLE destinations ADD COLUMN content_digest TEXT"

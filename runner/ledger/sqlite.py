@@ -30,6 +30,7 @@ from typing import Any, Final
 from runner.errors import CampaignError, ExitCode
 
 from . import DEFAULT_ENVIRONMENT, SCHEMA_VERSION, Connection, Cursor, Dialect, Ledger, now_text
+from .schema import ADD_CONTENT_DIGEST
 
 BUSY_TIMEOUT_MS: Final = 30_000
 LOCK_POLL_SECONDS: Final = 0.1
@@ -169,7 +170,9 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
                 connection.execute(f"DROP INDEX IF EXISTS {index}")
             for table in _V1_TABLES:
                 connection.execute(f"ALTER TABLE {table} RENAME TO v1_{table}")
-        if version < SCHEMA_VERSION:
+        if version == 2:
+            connection.execute(ADD_CONTENT_DIGEST)
+        elif version < SCHEMA_VERSION:
             for statement in DIALECT.statements(DIALECT.schema()):
                 connection.execute(statement)
         if version == 1:
