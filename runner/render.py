@@ -467,7 +467,9 @@ class Renderer:
         order = tuple(part.name for part in parts if isinstance(part, Variable))
         used = set(order)
         self._plain_format = "".join(part.replace("%", "%%") if isinstance(part, str) else "%s" for part in parts)
-        self._plain_base = {name: value for name, value in self.campaign_layer.items() if name in used}
+        # As text: a plain text only prints them, and personal values compare by text.
+        self._plain_base: dict[str, Any] = {name: _as_text(value) for name, value in self.campaign_layer.items()
+                                            if name in used}
         self._plain_builtins = ("msisdn" in used, "correlation_id" in used)
         self._plain_arguments = _getter(order)
         self._plain_variables = tuple(sorted(used & text.variables))
@@ -576,13 +578,16 @@ def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, 
 
 
 def same_value(a: Any, b: Any) -> bool:
-    """Equal and of one type: a row's `true` is not the campaign's `1` (Python says
-    True == 1), and the platform would print them differently."""
-    return type(a) is type(b) and a == b
+    """The same text: what the platform prints and the wire carries. A row's `true` is
+    not the campaign's `1` (Python says True == 1), nor is `1.50` the same as `1.5`."""
+    if type(a) is str and type(b) is str:
+        return a == b
+    return a is b or _as_text(a) == _as_text(b)
 
 
 def _as_text(value: Scalar) -> str:
-    """The same text jinja2 would print for a value, so both strategies agree."""
+    """The same text jinja2 would print for a value, so both strategies agree. Values
+    from files print as written (`runner.model.written`)."""
     return str(value)
 
 

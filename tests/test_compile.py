@@ -208,7 +208,7 @@ def test_a_true_value_is_not_the_campaigns_1(tmp_path: Path) -> None:
     streamed, planned = compile_both_ways(campaign)
     assert streamed == planned
     [body] = [json.loads(wire) for wire in streamed[0]]
-    assert [entry.get("substitutions") for entry in body["to"]] == [{"flag": True}, None]
+    assert [entry.get("substitutions") for entry in body["to"]] == [{"flag": "true"}, None]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
