@@ -28,7 +28,7 @@ from jinja2.utils import Namespace
 
 from . import vendor
 from .errors import CampaignError, ExitCode
-from .model import Campaign, Location, Recipient, Scalar
+from .model import Campaign, Location, Recipient, Scalar, WrittenBool
 
 # --- what a template may cost ---------------------------------------------------------
 # A text comes from a pull request and is rendered once per recipient: a template that
@@ -230,6 +230,10 @@ _GROWING_STR_METHODS = {"center": "center", "ljust": "center", "rjust": "center"
                         "expandtabs": "expandtabs"}
 
 
+def _is_boolean(value: Any) -> bool:
+    return value is True or value is False or type(value) is WrittenBool
+
+
 class BoundedEnvironment(SandboxedEnvironment):
     """jinja2's sandbox (no code execution) that also bounds what a template can cost:
     repetition, power, concatenation and formatting results, range lengths and loop
@@ -246,6 +250,11 @@ class BoundedEnvironment(SandboxedEnvironment):
         self.filters[_LOOP_FILTER] = _counted
         self.filters[_CONCAT_FILTER] = _concat
         self.finalize = _counted_output
+        # A boolean from a file is a `WrittenBool` (it prints as written, `true`), not
+        # Python's bool: the tests that ask whether a value is a boolean still say yes.
+        self.tests["boolean"] = _is_boolean
+        self.tests["true"] = lambda value: _is_boolean(value) and bool(value)
+        self.tests["false"] = lambda value: _is_boolean(value) and not value
 
     def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
                   defer_init: bool = False) -> str:

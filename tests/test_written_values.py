@@ -221,6 +221,20 @@ def test_templates_still_compare_numbers_and_test_booleans(tmp_path: Path) -> No
     assert _plan_texts(path) == {number(1): "gold - 1200 3.0 false", number(2): "std VIP 900 3.0 true"}
 
 
+def test_jinja_tests_still_see_booleans(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, f"""
+        content:
+          text: "{{{{ vip }}}}: {{{{ vip is boolean }}}} {{{{ vip is true }}}} {{{{ vip is false }}}} {{{{ n is boolean }}}} {{{{ n is number }}}}"
+        substitutions: {{vip: true, n: 1}}
+        recipients:
+          - msisdn: "{number(1)}"
+          - msisdn: "{number(2)}"
+            substitutions: {{vip: false}}
+        """)
+    assert _plan_texts(path) == {number(1): "true: True True False False True",
+                                 number(2): "false: True False True False True"}
+
+
 # --- JSON Lines ------------------------------------------------------------------------
 
 
