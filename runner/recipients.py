@@ -254,13 +254,14 @@ class _DuplicateKey(Exception):
 
 
 def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose keys are all distinct (json keeps the last of two silently), its
-    booleans printing as written (`true`, as a template and the wire must show them)."""
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _DuplicateKey(key)
-        obj[key] = WrittenBool(value) if value is True or value is False else value
+    """An object whose keys are all distinct: json would keep the last of two silently."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return obj
 
 
@@ -272,13 +273,21 @@ def _json_float(text: str) -> WrittenFloat:
     return WrittenFloat(float(text), text)
 
 
+# One decoder for every row: `json.loads` with options builds a new one per call. A JSON
+# integer is written one way only, which `int` prints back, except `-0`: rows that may
+# hold one take the slower decoder that keeps every integer's text.
+_ROW_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_json_float,
+                                object_pairs_hook=_json_pairs)
+_ROW_DECODER_KEEPING_INTS = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_json_int,
+                                             parse_float=_json_float, object_pairs_hook=_json_pairs)
+
+
 def _json_object(text: str, field: str) -> dict[str, Any] | str:
     """One JSON Lines row as an object that names a number, or what is wrong with it;
     shared with the validate check so both report a bad row in the same words. Numbers
     keep the text they were written with: `1.50` is sent as `1.50`."""
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_int=_json_int, parse_float=_json_float,
-                         object_pairs_hook=_json_pairs)
+        obj = (_ROW_DECODER_KEEPING_INTS if "-0" in text else _ROW_DECODER).decode(text)
     except _DuplicateKey as exc:
         named = exc.key.encode("utf-8", "backslashreplace").decode("utf-8")
         return f"duplicate key {named!r} in the object; the later value would replace the first"
@@ -343,7 +352,8 @@ def _jsonl_rows(source: RecipientFile, numbers_only: bool, columns: Collection[s
                     for key, value in obj.items():
                         if key == field or key == CORRELATION_FIELD:
                             continue
-                        substitutions[key] = value
+                        # a boolean prints as written (`true`), in the text and on the wire
+                        substitutions[key] = WrittenBool(value) if value is True or value is False else value
                 if columns is not None:  # every value is checked above, so plan and compile fail alike
                     substitutions = {key: substitutions[key] for key in sorted(substitutions) if key in columns}
                 yield (line, raw, correlation or None, substitutions)

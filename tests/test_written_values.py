@@ -255,18 +255,20 @@ def test_a_duplicate_key_in_a_json_lines_row_is_a_row_error(tmp_path: Path) -> N
 
 
 def test_json_lines_numbers_keep_the_text_they_were_written_with(tmp_path: Path) -> None:
-    (tmp_path / "a.jsonl").write_text(f'{{"msisdn": "{number(1)}", "price": 1.50, "big": 1e3, "ok": true}}\n',
+    (tmp_path / "a.jsonl").write_text(f'{{"msisdn": "{number(1)}", "price": 1.50, "big": 1e3, "ok": true, "n": 12}}\n'
+                                      f'{{"msisdn": "{number(2)}", "price": 0.10, "big": -0, "ok": false, "n": -0}}\n',
                                       encoding="utf-8")
     path = write_yaml(tmp_path, """
         personalisation: platform
         content:
-          text: "{{ price }} {{ big }} {{ ok }}"
+          text: "{{ price }} {{ big }} {{ ok }} {{ n }}"
         recipients:
           - file: a.jsonl
         """)
-    assert _plan_texts(path) == {number(1): "1.50 1e3 true"}
+    assert _plan_texts(path) == {number(1): "1.50 1e3 true 12", number(2): "0.10 -0 false -0"}
     [body] = _compiled(path)
-    assert body["to"][0]["substitutions"] == {"big": "1e3", "ok": "true", "price": "1.50"}
+    assert [e["substitutions"] for e in body["to"]] == [{"big": "1e3", "n": "12", "ok": "true", "price": "1.50"},
+                                                        {"big": "-0", "n": "-0", "ok": "false", "price": "0.10"}]
 
 
 # --- NaN never reaches JSON --------------------------------------------------------------
