@@ -27,7 +27,20 @@ from typing import Any
 
 from . import segments, vendor
 from .errors import CampaignError
-from .model import Api, Batch, Campaign, Destination, Encoding, Message, Recipient, Scalar, SegmentCount
+from .model import (
+    Api,
+    Batch,
+    Campaign,
+    Destination,
+    Encoding,
+    Message,
+    Recipient,
+    RecipientFile,
+    Scalar,
+    SegmentCount,
+    wire_json,
+    wire_values,
+)
 from .recipients import KeptRow, RecipientStats, iter_kept, iter_recipients, kept_recipient
 from .render import CompiledText, Renderer, compile_text, same_value
 
@@ -140,10 +153,17 @@ class Compiler:
                        and self.text.is_plain and campaign.template is None else None)
         # Platform strategy: the campaign-layer values the text reads, for every request's
         # global `substitutions` block (the same for all of them).
-        self._shared_values: dict[str, Any] = (
+        self._shared_values: dict[str, str] = wire_values(
             {n: self.renderer.campaign_layer[n] for n in sorted(self.text.variables) if n in self.renderer.campaign_layer}
             if self.platform and self.renderer is not None and self.text is not None and self.text.is_plain else {}
         )
+        # On the wire every value is a string (the text written). A CSV cell already is
+        # one; only sources that may hold numbers or booleans (YAML values, JSON Lines
+        # rows) have their `to[]` values turned into text, so the common case pays nothing.
+        self._typed_values = any(
+            (isinstance(source, RecipientFile) and source.format == "jsonl")
+            or any(type(value) is not str for value in source.substitutions.values())
+            for source in campaign.recipients)
         # What every request of this campaign shares, built once rather than per batch
         # (v2) or per destination (v1).
         self._wire_text = self.text.wire_text() if self.platform and self.text is not None and self.text.is_plain else ""
@@ -439,7 +459,7 @@ class Compiler:
             # Serialised once: the same text is hashed into the key, written by `campaign
             # compile` and sent by `campaign apply`. check_circular=False: a body built
             # here holds no cycles, and the text is the same without the bookkeeping.
-            return body, json.dumps(body, ensure_ascii=False, separators=(",", ":"), check_circular=False)
+            return body, wire_json(body)
         finally:
             if collecting:
                 gc.enable()
@@ -453,14 +473,19 @@ class Compiler:
         first_text, first_encoding = members[0][2], Encoding(members[0][4])
         # Own values are a fresh dict per item (`render_plain`, `_own_values`,
         # `_items_of`), so the body can hold them without another copy.
-        to = [{"msisdn": [msisdn], "substitutions": own, "correlationId": correlation_id} if own
-              else {"msisdn": [msisdn], "correlationId": correlation_id}
-              for msisdn, correlation_id, _, own, _ in members]
+        if self._typed_values:
+            to = [{"msisdn": [msisdn], "substitutions": wire_values(own), "correlationId": correlation_id} if own
+                  else {"msisdn": [msisdn], "correlationId": correlation_id}
+                  for msisdn, correlation_id, _, own, _ in members]
+        else:
+            to = [{"msisdn": [msisdn], "substitutions": own, "correlationId": correlation_id} if own
+                  else {"msisdn": [msisdn], "correlationId": correlation_id}
+                  for msisdn, correlation_id, _, own, _ in members]
         body: dict[str, Any] = {"channel": "sms", "from": c.sender, "to": to}
         if c.template is not None:
             body["template"] = {"id": c.template.id}
             if c.substitutions:
-                body["substitutions"] = dict(c.substitutions)
+                body["substitutions"] = wire_values(c.substitutions)
         elif self.platform:
             assert self.text is not None and self.renderer is not None
             body["content"] = {"type": self._content_type(first_encoding), "text": self._wire_text}
@@ -511,7 +536,7 @@ class Compiler:
         if self.platform:
             assert self.text is not None and self.renderer is not None
             body["content"] = self._wire_text
-            values = {**self._shared_values, **own_values}
+            values = {**self._shared_values, **wire_values(own_values)}
             if values:
                 body["substitutions"] = values
         else:

@@ -15,8 +15,96 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.errors import CampaignError
+
 JsonPath = tuple[str | int, ...]
 Scalar = str | int | float | bool
+
+
+# --- values as written --------------------------------------------------------------
+# A substitution value is sent as the text its author wrote: `1.50` stays `1.50`, `true`
+# stays `true` (Python would print 1.5 and True). Templates may still compare numbers
+# (`{% if points > 1000 %}`) and test booleans, so a value read as a number or boolean
+# stays one, and only remembers its text. `str()` is the single way to a value's text:
+# jinja2's `{{ }}`, the plain path's `%s`, the wire and the sandbox all go through it.
+
+
+class WrittenInt(int):
+    """An integer that prints as written (validation admits only canonical forms such
+    as `1200` or `-5`; JSON Lines may write `12` only one way too)."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str) -> WrittenInt:
+        self = super().__new__(cls, value)
+        self.text = text
+        return self
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __format__(self, spec: str) -> str:
+        return self.text if not spec else int(self).__format__(spec)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (int(self), self.text))
+
+
+class WrittenFloat(float):
+    """A decimal that prints as written: `1.50` is 1.5 to arithmetic and `1.50` on the handset."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> WrittenFloat:
+        self = super().__new__(cls, value)
+        self.text = text
+        return self
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __format__(self, spec: str) -> str:
+        return self.text if not spec else float(self).__format__(spec)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (float(self), self.text))
+
+
+class WrittenBool(WrittenInt):
+    """A boolean that prints as written (`true`, not Python's `True`). Python's bool cannot
+    be subclassed, so this is the int 0 or 1: falsy when false, equal to True/False, and
+    a template's `{% if vip %}` reads it as a boolean."""
+
+    def __new__(cls, value: bool | int, text: str | None = None) -> WrittenBool:
+        truth = bool(value)
+        return super().__new__(cls, int(truth), ("true" if truth else "false") if text is None else text)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return "True" if self else "False"
+
+
+def written(value: Scalar, text: str | None = None) -> Scalar:
+    """`value` as a type that prints `text` (the scalar as written in the file); without
+    a text, as the value reads canonically. Strings are returned as they are."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return WrittenBool(value, text)
+    if isinstance(value, int):
+        return value if isinstance(value, WrittenInt) else WrittenInt(value, str(value) if text is None else text)
+    if isinstance(value, float):
+        return value if isinstance(value, WrittenFloat) else WrittenFloat(value, repr(value) if text is None else text)
+    return value
+
+
+def written_values(values: Mapping[str, Scalar], texts: Mapping[str, str] | None = None) -> dict[str, Scalar]:
+    texts = texts or {}
+    return {name: written(value, texts.get(name)) for name, value in values.items()}
+
+
+def wire_values(values: Mapping[str, Scalar]) -> dict[str, str]:
+    """Substitutions as the vendor documents them: key-value pairs of strings, each the text written."""
+    return {name: value if type(value) is str else str(value) for name, value in values.items()}
 
 
 class Severity(str, enum.Enum):
@@ -266,4 +354,15 @@ class Batch:
 
     def json(self) -> str:
         """The body exactly as written by `compile` and sent by `apply`: compact JSON, keys in build order."""
-        return self.wire or json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), check_circular=False)
+        return self.wire or wire_json(self.body)
+
+
+def wire_json(body: Mapping[str, Any]) -> str:
+    """A request body as compact JSON. NaN and Infinity are not JSON (the vendor answers
+    7000): a body holding one fails here, loudly, instead of going out."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
+    except ValueError as error:
+        raise CampaignError(f"error: a request body cannot be written as JSON: {error} [wire-not-json]",
+                            hint="quote the value in the campaign or recipient file so it is sent as text") from None
+

@@ -31,6 +31,9 @@ from runner.model import (
     RecipientFile,
     RecipientSource,
     Scalar,
+    WrittenBool,
+    WrittenFloat,
+    WrittenInt,
 )
 from runner.msisdn import NumberSet, invalid_reason, normalise_msisdn
 
@@ -226,7 +229,7 @@ def _csv_rows(source: RecipientFile, numbers_only: bool, columns: Collection[str
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
-    if isinstance(value, bool):
+    if isinstance(value, (bool, WrittenBool)):
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number"
@@ -244,11 +247,50 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all distinct: json would keep the last of two silently."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _json_int(text: str) -> WrittenInt:
+    return WrittenInt(int(text), text)
+
+
+def _json_float(text: str) -> WrittenFloat:
+    return WrittenFloat(float(text), text)
+
+
+# One decoder for every row: `json.loads` with options builds a new one per call. A JSON
+# integer is written one way only, which `int` prints back, except `-0`: rows that may
+# hold one take the slower decoder that keeps every integer's text.
+_ROW_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_json_float,
+                                object_pairs_hook=_json_pairs)
+_ROW_DECODER_KEEPING_INTS = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_json_int,
+                                             parse_float=_json_float, object_pairs_hook=_json_pairs)
+
+
 def _json_object(text: str, field: str) -> dict[str, Any] | str:
     """One JSON Lines row as an object that names a number, or what is wrong with it;
-    shared with the validate check so both report a bad row in the same words."""
+    shared with the validate check so both report a bad row in the same words. Numbers
+    keep the text they were written with: `1.50` is sent as `1.50`."""
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = (_ROW_DECODER_KEEPING_INTS if "-0" in text else _ROW_DECODER).decode(text)
+    except _DuplicateKey as exc:
+        named = exc.key.encode("utf-8", "backslashreplace").decode("utf-8")
+        return f"duplicate key {named!r} in the object; the later value would replace the first"
     except json.JSONDecodeError as exc:
         return f"invalid JSON: {exc.msg} (column {exc.pos + 1})"
     except ValueError as exc:
@@ -310,7 +352,8 @@ def _jsonl_rows(source: RecipientFile, numbers_only: bool, columns: Collection[s
                     for key, value in obj.items():
                         if key == field or key == CORRELATION_FIELD:
                             continue
-                        substitutions[key] = value
+                        # a boolean prints as written (`true`), in the text and on the wire
+                        substitutions[key] = WrittenBool(value) if value is True or value is False else value
                 if columns is not None:  # every value is checked above, so plan and compile fail alike
                     substitutions = {key: substitutions[key] for key in sorted(substitutions) if key in columns}
                 yield (line, raw, correlation or None, substitutions)

@@ -28,7 +28,7 @@ from jinja2.utils import Namespace
 
 from . import vendor
 from .errors import CampaignError, ExitCode
-from .model import Campaign, Location, Recipient, Scalar
+from .model import Campaign, Location, Recipient, Scalar, WrittenBool
 
 # --- what a template may cost ---------------------------------------------------------
 # A text comes from a pull request and is rendered once per recipient: a template that
@@ -230,6 +230,10 @@ _GROWING_STR_METHODS = {"center": "center", "ljust": "center", "rjust": "center"
                         "expandtabs": "expandtabs"}
 
 
+def _is_boolean(value: Any) -> bool:
+    return value is True or value is False or type(value) is WrittenBool
+
+
 class BoundedEnvironment(SandboxedEnvironment):
     """jinja2's sandbox (no code execution) that also bounds what a template can cost:
     repetition, power, concatenation and formatting results, range lengths and loop
@@ -246,6 +250,11 @@ class BoundedEnvironment(SandboxedEnvironment):
         self.filters[_LOOP_FILTER] = _counted
         self.filters[_CONCAT_FILTER] = _concat
         self.finalize = _counted_output
+        # A boolean from a file is a `WrittenBool` (it prints as written, `true`), not
+        # Python's bool: the tests that ask whether a value is a boolean still say yes.
+        self.tests["boolean"] = _is_boolean
+        self.tests["true"] = lambda value: _is_boolean(value) and bool(value)
+        self.tests["false"] = lambda value: _is_boolean(value) and not value
 
     def _generate(self, source: nodes.Template, name: str | None, filename: str | None,
                   defer_init: bool = False) -> str:
@@ -467,7 +476,9 @@ class Renderer:
         order = tuple(part.name for part in parts if isinstance(part, Variable))
         used = set(order)
         self._plain_format = "".join(part.replace("%", "%%") if isinstance(part, str) else "%s" for part in parts)
-        self._plain_base = {name: value for name, value in self.campaign_layer.items() if name in used}
+        # As text: a plain text only prints them, and personal values compare by text.
+        self._plain_base: dict[str, Any] = {name: _as_text(value) for name, value in self.campaign_layer.items()
+                                            if name in used}
         self._plain_builtins = ("msisdn" in used, "correlation_id" in used)
         self._plain_arguments = _getter(order)
         self._plain_variables = tuple(sorted(used & text.variables))
@@ -576,13 +587,16 @@ def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, 
 
 
 def same_value(a: Any, b: Any) -> bool:
-    """Equal and of one type: a row's `true` is not the campaign's `1` (Python says
-    True == 1), and the platform would print them differently."""
-    return type(a) is type(b) and a == b
+    """The same text: what the platform prints and the wire carries. A row's `true` is
+    not the campaign's `1` (Python says True == 1), nor is `1.50` the same as `1.5`."""
+    if type(a) is str and type(b) is str:
+        return a == b
+    return a is b or _as_text(a) == _as_text(b)
 
 
 def _as_text(value: Scalar) -> str:
-    """The same text jinja2 would print for a value, so both strategies agree."""
+    """The same text jinja2 would print for a value, so both strategies agree. Values
+    from files print as written (`runner.model.written`)."""
     return str(value)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,7 @@ from .model import (
     Smartlink,
     SourceDocument,
     Template,
+    written,
 )
 from .msisdn import invalid_reason, normalise_msisdn
 from .recipients import check_source_readable, source_columns
@@ -420,6 +422,84 @@ def _yaml_trap(doc: SourceDocument, path: JsonPath, value: Any) -> Diagnostic:
                  hint=f'quote it: "{raw}"')
 
 
+# How YAML 1.1 writes a number or boolean that it reads as written; anything else it
+# reads as a number or boolean changes what was typed (`0123` is 83, `12:30` is 750).
+_AS_TYPED_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_AS_TYPED_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)?\.[0-9]*(?:[eE][-+]?[0-9]+)?")
+_AS_TYPED_BOOL = frozenset({"true", "false"})
+
+
+def _substitution_paths(data: dict[str, Any]) -> Iterator[tuple[JsonPath, dict[str, Any]]]:
+    if isinstance(data.get("substitutions"), dict):
+        yield ("substitutions",), data["substitutions"]
+    recipients = data.get("recipients")
+    for index, item in enumerate(recipients if isinstance(recipients, list) else []):
+        if isinstance(item, dict) and isinstance(item.get("substitutions"), dict):
+            yield ("recipients", index, "substitutions"), item["substitutions"]
+
+
+def _substitution_value_checks(doc: SourceDocument, data: dict[str, Any]) -> Iterator[Diagnostic]:
+    """Substitution values are sent as written, so one that YAML reads as something else
+    than what was typed is refused with the quoted form to write instead."""
+    for path, values in _substitution_paths(data):
+        for name, value in values.items():
+            raw = doc.raw_scalars.get((*path, name))
+            if raw is None or isinstance(value, str):
+                continue
+            diagnostic = _changed_value(doc, (*path, name), raw, value)
+            if diagnostic is not None:
+                yield diagnostic
+
+
+def _changed_value(doc: SourceDocument, path: JsonPath, raw: str, value: Any) -> Diagnostic | None:
+    shown = raw if not any(_is_secret_name(part) for part in path) and len(raw) <= SHOWN_VALUE_CHARS else None
+    hint = f'quote it to send the text as written: write "{shown}"' if shown is not None else "quote it"
+    what = f"unquoted {shown}" if shown is not None else "an unquoted value"
+    if isinstance(value, bool):
+        if raw.lower() in _AS_TYPED_BOOL:
+            return None
+        return _diag(doc, path, f"{what} is read by YAML 1.1 as the boolean {str(value).lower()}, not as the text "
+                     "written", "yaml-boolean-word", hint=hint + " (write true or false for a boolean)")
+    if isinstance(value, int):
+        if _AS_TYPED_INT.fullmatch(raw):
+            return None
+        number = "the number " + _number_text(value)
+    elif isinstance(value, float):
+        finite = math.isfinite(value)
+        if finite and _AS_TYPED_FLOAT.fullmatch(raw):
+            return None
+        number = ("the number " + _number_text(value) if finite else
+                  "not-a-number" if math.isnan(value) else "infinity" if value > 0 else "minus infinity")
+    else:
+        return None
+    return _diag(doc, path, f"{what} is read by YAML 1.1 as {number}{_why_changed(raw)}, not as the text written",
+                 "yaml-unquoted-number", hint=hint)
+
+
+def _number_text(value: int | float) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else f"of {len(text):,} characters"
+
+
+def _why_changed(raw: str) -> str:
+    text = raw.lstrip("+-").lower()
+    if ":" in text:
+        return " (digits with ':' are read in base 60)"
+    if "_" in text:
+        return " ('_' is dropped)"
+    if text.startswith("0x"):
+        return " (0x is hexadecimal)"
+    if text.startswith("0o"):
+        return " (0o is octal)"
+    if text.startswith(".nan") or text.startswith(".inf"):
+        return ", which JSON cannot carry"  # the vendor answers 7000 to NaN
+    if text.startswith("0") and len(text) > 1 and text[1].isdigit():
+        return " (a leading 0 makes it octal)" if text.isdigit() else " (its leading 0 is dropped)"
+    if raw.startswith("+"):
+        return " (its '+' is dropped)"
+    return ""
+
+
 def _rule_checks(doc: SourceDocument, now: datetime) -> Iterator[Diagnostic]:
     for group in _rule_groups(doc, now):
         yield from group()
@@ -438,6 +518,7 @@ def _rule_groups(doc: SourceDocument, now: datetime) -> list[Callable[[], Iterat
         lambda: _smartlink_checks(doc, data, used_smartlinks),
         lambda: _recipient_checks(doc, data),
         lambda: _tps_checks(doc, data),
+        lambda: _substitution_value_checks(doc, data),
     ]
 
 
@@ -759,12 +840,17 @@ def _file_source(doc: SourceDocument, path: JsonPath, item: dict[str, Any]) -> R
         display_name=str(Path(doc.display_name).parent / relative) if not relative.is_absolute() else str(relative),
         format=fmt,
         msisdn_field=item.get("msisdnColumn", "msisdn"),
-        substitutions=dict(item.get("substitutions", {})),
+        substitutions=_written_values(doc, (*path, "substitutions"), item.get("substitutions", {})),
         location=doc.locate((*path, "file")),
     )
 
 
 # --- building the typed campaign -----------------------------------------------------
+
+
+def _written_values(doc: SourceDocument, path: JsonPath, values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers and booleans as types that print the text written in the file."""
+    return {name: written(value, doc.raw_scalars.get((*path, name))) for name, value in values.items()}
 
 
 def build_campaign(doc: SourceDocument) -> Campaign:
@@ -773,7 +859,9 @@ def build_campaign(doc: SourceDocument) -> Campaign:
     sources: list[RecipientSource] = []
     for index, item in enumerate(data["recipients"]):
         if "msisdn" in item:
-            sources.append(InlineRecipient(item["msisdn"], dict(item.get("substitutions", {})),
+            sources.append(InlineRecipient(item["msisdn"],
+                                           _written_values(doc, ("recipients", index, "substitutions"),
+                                                           item.get("substitutions", {})),
                                            item.get("correlationId"), doc.locate(("recipients", index))))
         else:
             sources.append(_file_source(doc, ("recipients", index), item))
@@ -795,7 +883,7 @@ def build_campaign(doc: SourceDocument) -> Campaign:
         if content else None,
         template=Template(template["id"], template.get("preview"), doc.locate(("template", "preview")))
         if template else None,
-        substitutions=dict(data.get("substitutions", {})),
+        substitutions=_written_values(doc, ("substitutions",), data.get("substitutions", {})),
         recipients=tuple(sources),
         exclude=tuple(exclude),
         send_at=parse_timestamp(data["sendAt"]) if "sendAt" in data else None,

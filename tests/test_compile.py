@@ -18,7 +18,9 @@ from runner.errors import CampaignError
 from runner.model import Campaign
 from runner.recipients import RecipientStats
 
-from .helpers import campaign_from, number, platform_text, write_csv
+from runner.validate import load_campaign
+
+from .helpers import NOW, campaign_from, number, platform_text, write_csv
 
 PLAIN = "Hi {{ name }}, {{ offer }} at {{ store }} ({{ region }})"
 
@@ -208,7 +210,58 @@ def test_a_true_value_is_not_the_campaigns_1(tmp_path: Path) -> None:
     streamed, planned = compile_both_ways(campaign)
     assert streamed == planned
     [body] = [json.loads(wire) for wire in streamed[0]]
-    assert [entry.get("substitutions") for entry in body["to"]] == [{"flag": True}, None]
+    assert [entry.get("substitutions") for entry in body["to"]] == [{"flag": "true"}, None]
+
+
+WRITTEN_TEXT = "{{ flag }} {{ price }} {{ points }} {{ code }}"
+
+
+@pytest.mark.parametrize(("personalisation", "text"), [
+    ("platform", WRITTEN_TEXT), ("local", WRITTEN_TEXT),
+    ("local", "{% if flag %}+{% endif %}{% if price > 2 %}>{% endif %}" + WRITTEN_TEXT),  # logic reads values
+])
+def test_values_as_written_compile_alike_both_ways(tmp_path: Path, personalisation: str, text: str) -> None:
+    """`true`, `1.50`, `1200` and a quoted `007` in every layer (campaign, a file's shared
+    values, CSV cells, JSON Lines numbers, inline values): both paths send the text
+    written, and on the wire every value is a JSON string. Written as YAML text: a dump
+    would write 1.5."""
+    write_csv(tmp_path / "a.csv", ["msisdn", "points"], [[number(1), "1200"], [number(2), "0900"]])
+    (tmp_path / "b.jsonl").write_text(f'{{"msisdn": "{number(3)}", "price": 1.50, "flag": false, "points": 1200}}\n'
+                                      f'{{"msisdn": "{number(4)}", "price": 3.0e1, "code": "008"}}\n', encoding="utf-8")
+    path = tmp_path / "campaign.yaml"
+    path.write_text(f"""version: 1
+id: written
+from: "12025550100"
+personalisation: {personalisation}
+content:
+  text: "{text}"
+substitutions: {{flag: true, price: 1.50, points: 1200, code: "007"}}
+recipients:
+  - file: a.csv
+    substitutions: {{price: 2.50}}
+  - file: b.jsonl
+  - msisdn: "{number(5)}"
+    substitutions: {{points: 1201, flag: TRUE}}
+throughput: {{tps: 100}}
+""", encoding="utf-8")
+    campaign, _ = load_campaign(path, now=NOW)
+    streamed, planned = compile_both_ways(campaign)
+    assert streamed == planned
+    bodies = [json.loads(wire) for wire in streamed[0]]
+    expected = {number(1): "true 2.50 1200 007", number(2): "true 2.50 0900 007", number(3): "false 1.50 1200 007",
+                number(4): "true 3.0e1 1200 008", number(5): "TRUE 1.50 1201 007"}
+    if "%" in text:
+        expected = {n: ("" if n == number(3) else "+") + (">" if n in (number(1), number(2), number(4)) else "") + t
+                    for n, t in expected.items()}
+    if campaign.personalisation == "local":
+        assert {e["msisdn"][0]: b["content"]["text"] for b in bodies for e in b["to"]} == expected
+        return
+    [body] = bodies
+    assert body["substitutions"] == {"code": "007", "flag": "true", "points": "1200", "price": "1.50"}
+    assert [e.get("substitutions") for e in body["to"]] == [
+        {"price": "2.50"}, {"points": "0900", "price": "2.50"}, {"flag": "false"}, {"code": "008", "price": "3.0e1"},
+        {"flag": "TRUE", "points": "1201"}]
+    assert {n: platform_text(body, n) for n in expected} == expected
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
