@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .client import Answer, Outcome
 from .compile import Compiler
@@ -130,9 +130,19 @@ class ApplyResult:
 # --- inputs --------------------------------------------------------------------------
 
 
+# How this version of campaign-runner turns inputs into requests. Bump it whenever the
+# same inputs compile to other bodies (2: local personalisation by default, values sent
+# as the strings written): batch keys are digests of the bodies, so a re-run with new
+# keys would not recognise what an older version sent. With the bump, a ledger written
+# by the older version reads as "inputs changed": apply refuses (exit 4), and
+# --allow-changes sends only to recipients not yet accepted.
+COMPILE_VERSION: Final = 2
+
+
 def input_hash(campaign: Campaign, api: Api) -> str:
-    """What the campaign's requests are made of: the file, every recipient file, the API."""
-    digest = hashlib.sha256(f"campaign-runner/1\x00{api}\x00".encode())
+    """What the campaign's requests are made of: the file, every recipient file, the API,
+    and the version of the compiler (see COMPILE_VERSION)."""
+    digest = hashlib.sha256(f"campaign-runner/{COMPILE_VERSION}\x00{api}\x00".encode())
     files = [campaign.path] + [s.path for s in (*campaign.recipients, *campaign.exclude) if isinstance(s, RecipientFile)]
     for path in files:
         digest.update(str(path.name).encode() + b"\x00")
@@ -572,8 +582,8 @@ def prepare(campaign: Campaign, ledger: Ledger, *, api: Api, allow_changes: bool
         if touched:
             if not allow_changes:
                 raise CampaignError(
-                    f"{campaign.source.display_name}: the campaign's inputs changed after {touched} destinations were "
-                    "sent (or may have been)",
+                    f"{campaign.source.display_name}: the campaign's inputs (or how this version of campaign-runner "
+                    f"builds its requests) changed after {touched} destinations were sent (or may have been)",
                     exit_code=ExitCode.REFUSED,
                     hint="pass --allow-changes to send only to recipients not already accepted, or give the "
                     "campaign a new id",

@@ -887,3 +887,27 @@ def test_interactive_no_sends_nothing(tmp_path: Path, sandbox: Sandbox) -> None:
     assert asked and "5 messages" in asked[0]
     assert "nothing sent" in err.getvalue()
     assert sandbox.stats()["requests"] == 0
+
+
+def test_a_ledger_written_by_an_older_compiler_is_never_resent_under_new_keys(tmp_path: Path,
+                                                                            sandbox: Sandbox) -> None:
+    """Batch keys are digests of the bodies, and a new version may build other bodies from
+    the same inputs (local personalisation by default, values as strings). A ledger written
+    by campaign-runner 0.1 (inputs hashed as "campaign-runner/1") must read as changed
+    inputs: refused, and with --allow-changes nothing accepted is sent again."""
+    path, numbers = csv_campaign(tmp_path, 6, tps=100)
+    state = tmp_path / "state.db"
+    assert apply(path, sandbox.url, state).code == ExitCode.OK
+    assert len(sandbox.messages()) == 6
+    old = hashlib.sha256(b"campaign-runner/1\x00v2\x00")  # the 0.1 formula, stated here
+    for file in (path, tmp_path / "people.csv"):
+        old.update(file.name.encode() + b"\x00" + file.read_bytes())
+    with Ledger.open(state) as ledger:
+        ledger.set_campaign_hash(CAMPAIGN_ID, old.hexdigest())
+    with pytest.raises(CampaignError) as refused:
+        apply(path, sandbox.url, state)
+    assert refused.value.exit_code == ExitCode.REFUSED
+    assert "how this version of campaign-runner builds its requests) changed after 6 destinations" in \
+        refused.value.message
+    assert apply(path, sandbox.url, state, allow_changes=True).code == ExitCode.OK
+    assert counts(sandbox.messages()) == Counter({m: 1 for m in numbers})
