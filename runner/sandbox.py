@@ -525,6 +525,11 @@ class Sandbox:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog (socketserver's default is 5). A sender opening 64 connections at
+    # once overflowed it: the kernel dropped the handshakes it could not queue and reset
+    # those connections after their request had left, which the client must read as
+    # "uncertain". A vendor's front end queues far more than this.
+    request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], sandbox: Sandbox, family: socket.AddressFamily) -> None:
         self.address_family = family

@@ -254,6 +254,7 @@ MAX_GROUP_WRITES = 256  # status changes committed together at most
 @dataclass
 class _Write:
     change: Callable[[], None]
+    waited: bool = True  # False: nobody waits for it, a failure is kept for the next write or close
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -272,19 +273,35 @@ class GroupCommitter:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._failure: BaseException | None = None  # of a write nobody waited for
+        self._failure_raised = False
         self._thread = threading.Thread(target=self._loop, name="ledger-writer", daemon=True)
         self._thread.start()
 
-    def write(self, change: Callable[[], None]) -> None:
-        item = _Write(change)
+    def write(self, change: Callable[[], None], *, wait: bool = True) -> None:
+        """Make `change` durable with the next group. With `wait` (an `in-flight` mark) return
+        once it is committed; without (an answer's record) return at once: its commit is
+        still done before `close` returns, and a failure of it is raised by the next write or
+        by `close`. Nothing depends on an answer's record being durable sooner: if the
+        process dies first, the batch stays `in-flight` and the next run holds it as
+        uncertain, as if the answer had never arrived, so it is never sent twice."""
+        if self._failure is not None:
+            raise self._failure
+        item = _Write(change, waited=wait)
         self._queue.put(item)
+        if not wait:
+            return
         item.done.wait()
         if item.error is not None:
             raise item.error
 
     def close(self) -> None:
+        """Commit whatever is waiting, stop the thread; raise a failure nobody has seen yet."""
         self._queue.put(None)
         self._thread.join()
+        if self._failure is not None and not self._failure_raised:
+            self._failure_raised = True
+            raise self._failure
 
     def _loop(self) -> None:
         closing = False
@@ -320,6 +337,8 @@ class GroupCommitter:
                     except BaseException as error:
                         item.error = error
             for item in items:
+                if item.error is not None and not item.waited and self._failure is None:
+                    self._failure = item.error
                 item.done.set()
 
 
@@ -516,7 +535,7 @@ class Applier:
             if answer.outcome is Outcome.ACCEPTED:
                 self._committer.write(functools.partial(self.ledger.mark_accepted, batch.key,
                                                         http_status=answer.http_status or 0,
-                                                        message_id=answer.message_id))
+                                                        message_id=answer.message_id), wait=False)
                 with self.result_lock:
                     self.result.accepted += 1
                     self.result.accepted_destinations += len(batch.destinations)
