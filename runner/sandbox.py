@@ -444,7 +444,14 @@ class Sandbox:
         # requests are checked out of arrival order (threads): keep 2 s, count arrivals after now - 1 s
         while self._window and self._window[0][0] <= time.monotonic() - 2 * TPS_WINDOW_SECONDS:
             self._window.popleft()
-        excess = sum(n for at, n in self._window if at > now - TPS_WINDOW_SECONDS) + destinations - tps
+        # the window is kept sorted by arrival (insort): the arrivals after now - 1 s are its
+        # tail, so only that second is walked, not all of the two kept
+        cutoff, inside = now - TPS_WINDOW_SECONDS, 0
+        for at, n in reversed(self._window):
+            if at <= cutoff:
+                break
+            inside += n
+        excess = inside + destinations - tps
         if excess <= 0:
             return
         freed, wait = 0, TPS_WINDOW_SECONDS
@@ -525,6 +532,11 @@ class Sandbox:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog (socketserver's default is 5). A sender opening 64 connections at
+    # once overflowed it: the kernel dropped the handshakes it could not queue and reset
+    # those connections after their request had left, which the client must read as
+    # "uncertain". A vendor's front end queues far more than this.
+    request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], sandbox: Sandbox, family: socket.AddressFamily) -> None:
         self.address_family = family

@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -265,6 +264,7 @@ MAX_GROUP_WRITES = 256  # status changes committed together at most
 @dataclass
 class _Write:
     change: Callable[[], None]
+    waited: bool = True  # False: nobody waits for it, a failure is kept for the next write or close
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -283,19 +283,35 @@ class GroupCommitter:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._failure: BaseException | None = None  # of a write nobody waited for
+        self._failure_raised = False
         self._thread = threading.Thread(target=self._loop, name="ledger-writer", daemon=True)
         self._thread.start()
 
-    def write(self, change: Callable[[], None]) -> None:
-        item = _Write(change)
+    def write(self, change: Callable[[], None], *, wait: bool = True) -> None:
+        """Make `change` durable with the next group. With `wait` (an `in-flight` mark) return
+        once it is committed; without (an answer's record) return at once: its commit is
+        still done before `close` returns, and a failure of it is raised by the next write or
+        by `close`. Nothing depends on an answer's record being durable sooner: if the
+        process dies first, the batch stays `in-flight` and the next run holds it as
+        uncertain, as if the answer had never arrived, so it is never sent twice."""
+        if self._failure is not None:
+            raise self._failure
+        item = _Write(change, waited=wait)
         self._queue.put(item)
+        if not wait:
+            return
         item.done.wait()
         if item.error is not None:
             raise item.error
 
     def close(self) -> None:
+        """Commit whatever is waiting, stop the thread; raise a failure nobody has seen yet."""
         self._queue.put(None)
         self._thread.join()
+        if self._failure is not None and not self._failure_raised:
+            self._failure_raised = True
+            raise self._failure
 
     def _loop(self) -> None:
         closing = False
@@ -331,6 +347,8 @@ class GroupCommitter:
                     except BaseException as error:
                         item.error = error
             for item in items:
+                if item.error is not None and not item.waited and self._failure is None:
+                    self._failure = item.error
                 item.done.set()
 
 
@@ -407,47 +425,74 @@ class Applier:
                 signal.signal(signum, handler)
 
     def _run(self, batches: Iterator[Batch]) -> ApplyResult:
+        """Batches go to `max_in_flight` sender threads through a short queue. (A thread pool
+        with one future per batch cost more than the send itself at one request per
+        destination: every `wait(FIRST_COMPLETED)` walked all the futures in flight.)"""
         started = time.monotonic()
-        in_flight: set[Future[None]] = set()
-        pool = ThreadPoolExecutor(max_workers=self.policy.max_in_flight, thread_name_prefix="send")
+        workers = max(1, self.policy.max_in_flight)
+        # at most `workers` batches wait while `workers` are being sent: the compiler and
+        # the pending records stay a little ahead of the wire, no more
+        work: queue.Queue[Batch | None] = queue.Queue(maxsize=workers)
+        self._worker_error: BaseException | None = None
+        self._ends_queued = 0
         self._committer = GroupCommitter(self.ledger)
+        threads = [threading.Thread(target=self._work, args=(work,), name=f"send-{n}", daemon=True)
+                   for n in range(workers)]
+        for thread in threads:
+            thread.start()
         try:
             for group in _pending_groups(batches):
-                if self.stop.is_set():
+                if self.stop.is_set() or self._worker_error is not None:
                     break
                 self.ledger.record_pending_many(self.campaign.id, group)
                 statuses = self.ledger.batch_statuses([batch.key for batch in group])
                 for batch in group:
-                    if self.stop.is_set():
+                    if self.stop.is_set() or self._worker_error is not None:
                         break
                     if not self._should_send(batch, statuses.get(batch.key)):
                         continue
-                    while len(in_flight) >= self.policy.max_in_flight:
-                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            future.result()
                     # pacing happens in the worker, per attempt: a retry is paced like a first send
-                    in_flight.add(pool.submit(self._send_batch, batch))
+                    work.put(batch)
         except KeyboardInterrupt:
             self.stop.set()
             self.result.interrupted = True
         finally:
             # Answers of requests already on the wire are still recorded.
             try:
-                pool.shutdown(wait=True)
+                self._finish_workers(work, threads)
             except KeyboardInterrupt:
                 self.stop.set()
                 self.result.interrupted = True
-                pool.shutdown(wait=True)
+                self._finish_workers(work, threads)
             self._committer.close()  # after the workers: every write they made is in
-            for future in in_flight:
-                if future.done() and future.exception() is not None:
-                    raise future.exception()  # type: ignore[misc]
             self.result.elapsed_seconds = time.monotonic() - started
             if self.first_departure is not None:
                 self.result.send_seconds = self.last_slot_end - self.first_departure
+        if self._worker_error is not None:
+            raise self._worker_error
         self._count_held_uncertain()
         return self.result
+
+    def _work(self, work: queue.Queue[Batch | None]) -> None:
+        while True:
+            batch = work.get()
+            if batch is None:
+                return
+            try:
+                self._send_batch(batch)
+            except BaseException as error:  # re-raised by `_run` once every thread is done
+                with self.result_lock:
+                    if self._worker_error is None:
+                        self._worker_error = error
+
+    def _finish_workers(self, work: queue.Queue[Batch | None], threads: list[threading.Thread]) -> None:
+        """Let the threads send what is queued (a stopping run's first attempts return at
+        once, still pending), then end them: one end mark per thread, whichever takes it."""
+        while self._ends_queued < len(threads):
+            work.put(None)
+            self._ends_queued += 1
+        for thread in threads:
+            thread.join()
 
     def _count_held_uncertain(self) -> None:
         """Report every uncertain batch the ledger holds, not only those this run's batches
@@ -500,7 +545,7 @@ class Applier:
             if answer.outcome is Outcome.ACCEPTED:
                 self._committer.write(functools.partial(self.ledger.mark_accepted, batch.key,
                                                         http_status=answer.http_status or 0,
-                                                        message_id=answer.message_id))
+                                                        message_id=answer.message_id), wait=False)
                 with self.result_lock:
                     self.result.accepted += 1
                     self.result.accepted_destinations += len(batch.destinations)
