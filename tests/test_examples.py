@@ -45,6 +45,14 @@ def test_validate_strict_passes_on_the_examples(repo_copy: Path) -> None:
     assert done.stdout == f"ok: {len(EXAMPLES)} campaign files checked, 0 errors, 0 warnings\n"
 
 
+def test_validate_strict_passes_on_the_examples_long_after_their_dates(repo_copy: Path) -> None:
+    """Years later the scheduled example's sendAt has passed: a warning, never a red CI."""
+    done = campaign("validate", "--strict", "campaigns/", cwd=repo_copy, now="2031-06-01T12:00:00Z")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == f"ok: {len(EXAMPLES)} campaign files checked, 0 errors, 1 warning"
+    assert "[schedule-past]" in done.stdout
+
+
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_every_example_rehearses_in_the_sandbox_and_reports_its_status(repo_copy: Path, example: str) -> None:
     """README: `campaign apply --sandbox --yes campaigns/<file>`, then `campaign status ... --state

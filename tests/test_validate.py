@@ -100,9 +100,14 @@ def test_past_send_at_is_a_warning_and_strict_makes_it_an_error(tmp_path: Path) 
         (Severity.WARNING, "schedule-past", 6)
     ]
     assert relaxed.campaign is not None
-    strict = validate_file(campaign, now=NOW, strict=True)
-    assert [(d.severity, d.rule) for d in strict.diagnostics] == [(Severity.ERROR, "schedule-past")]
-    assert strict.campaign is None
+    strict = validate_file(campaign, now=NOW, strict=True)  # a sent campaign stays in git: not an error
+    assert [(d.severity, d.rule) for d in strict.diagnostics] == [(Severity.WARNING, "schedule-past")]
+    assert strict.campaign is not None
+    # other warnings still become errors
+    campaign.write_text(campaign.read_text(encoding="utf-8").replace("content: {text: hi}", 'content: {text: "hi\\e"}'),
+                        encoding="utf-8")
+    assert [(d.severity, d.rule) for d in validate_file(campaign, now=NOW, strict=True).diagnostics] == [
+        (Severity.ERROR, "control-character"), (Severity.WARNING, "schedule-past")]
 
 
 def test_errors_are_sorted_by_position() -> None:
