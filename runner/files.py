@@ -16,7 +16,10 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from hashlib import _Hash as Hash
 
 # Writing failed for a reason of the machine, not of the input nor a bug: disk full,
 # quota, file too large for the file system, a device error.
@@ -106,3 +109,16 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise FileTooLarge(max_bytes)
     return data
+
+
+def hash_file(digest: Hash, path: Path) -> None:
+    """Feed a file's bytes to `digest` in 1 MiB chunks (a million-row audience is never
+    held whole); an unreadable file is a CampaignError naming it."""
+    from .errors import CampaignError
+
+    try:
+        with path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as error:
+        raise CampaignError(f"{path}: cannot read: {error.strerror or error}") from None

@@ -26,6 +26,7 @@ from typing import Any
 from . import __version__
 from .compile import Compiler, vendor_timestamp
 from .errors import CampaignError, ExitCode
+from .files import hash_file
 from .model import Api, Batch, Campaign, RecipientFile
 from .plan import PlanSummary
 
@@ -109,12 +110,7 @@ class SavedPlan:
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    try:
-        with path.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as error:
-        raise CampaignError(f"{path}: cannot read: {error.strerror or error}") from None
+    hash_file(digest, path)
     return digest.hexdigest()
 
 

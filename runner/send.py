@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 from .client import Answer, Outcome
 from .compile import Compiler
 from .errors import CampaignError, ExitCode
+from .files import hash_file
 from .ledger import Ledger, LedgerUnavailable
 from .model import Api, Batch, Campaign, RecipientFile
 
@@ -145,12 +146,7 @@ def input_hash(campaign: Campaign, api: Api) -> str:
     files = [campaign.path] + [s.path for s in (*campaign.recipients, *campaign.exclude) if isinstance(s, RecipientFile)]
     for path in files:
         digest.update(str(path.name).encode() + b"\x00")
-        try:
-            with path.open("rb") as stream:
-                for chunk in iter(lambda: stream.read(1 << 20), b""):
-                    digest.update(chunk)
-        except OSError as error:
-            raise CampaignError(f"{path}: cannot read: {error.strerror}") from None
+        hash_file(digest, path)
     return digest.hexdigest()
 
 
