@@ -188,7 +188,7 @@ def test_validate_github_format_escapes_file_property_and_data(in_tmp: Path) -> 
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
         "::error file=promo%2Cv2%3Afinal.yaml,line=4,col=7,title=from-no-plus::'from' must not start with '+' "
-        "(long codes are written with country code, no '+') (hint: write \"12025550100\")",
+        "(long codes are written with country code, no '+') (hint: write \"1•••••••100\")",
         "::error file=when.yaml,line=6,col=9,title=schedule-format::sendAt '50%25%0Asoon' is not an ISO 8601 "
         "date-time (hint: e.g. 2026-11-25T09:00:00Z)",
         "failed: 2 errors, 0 warnings",
