@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,3 +54,13 @@ def platform_text(body: dict[str, Any], msisdn: str) -> str:
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def campaign_command() -> list[str]:
+    """The `campaign` console script of this interpreter (not a version-manager shim, whose
+    start-up would dominate), else the same entry point through `python -c`."""
+    beside = Path(sys.executable).with_name("campaign")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("campaign")
+    return [found] if found else [sys.executable, "-c", "from runner.cli import main; main()"]

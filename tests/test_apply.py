@@ -17,10 +17,8 @@ import io
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -40,7 +38,7 @@ from runner.ledger import BatchRecord, Ledger, LedgerSummary, acquire_lock
 from runner.sandbox import Sandbox, SandboxSettings, StoredMessage
 from runner.send import RATE_WINDOW_SECONDS, RateLimiter
 
-from .helpers import number, write_campaign, write_csv
+from .helpers import campaign_command, number, write_campaign, write_csv
 
 KEY = "test-key-123456"
 ENV = {"WEBEX_CONNECT_SERVICE_KEY": KEY}
@@ -114,15 +112,6 @@ def status(path: Path, state: Path, output_format: str = "text") -> Run:
     code = run_status(StatusSettings(path, state, output_format), now=datetime.now(timezone.utc), out=out)
     return Run(int(code), out.getvalue(), "")
 
-
-def campaign_command() -> list[str]:
-    """The `campaign` console script of this interpreter (not a version-manager shim, whose
-    start-up would dominate), else the same entry point through `python -c`."""
-    beside = Path(sys.executable).with_name("campaign")
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
-    found = shutil.which("campaign")
-    return [found] if found else [sys.executable, "-c", "from runner.cli import main; main()"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

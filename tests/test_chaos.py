@@ -27,7 +27,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ import pytest
 from runner.ledger import Ledger
 from runner.sandbox import Sandbox, SandboxSettings
 
-from .helpers import number, write_campaign, write_csv
+from .helpers import campaign_command, number, write_campaign, write_csv
 from .postgres import fresh_database, stop_postgres_at_session_end  # noqa: F401 (stops the server)
 
 KEY = "chaos-key-7a3d91"
@@ -65,12 +64,6 @@ def sandbox() -> Iterator[Sandbox]:
     with Sandbox(SandboxSettings(service_key=KEY, latency=LATENCY)) as running:
         yield running
 
-
-def campaign_command() -> list[str]:
-    beside = Path(sys.executable).with_name("campaign")
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
-    return [sys.executable, "-c", "from runner.cli import main; main()"]
 
 
 def environment() -> dict[str, str]:

@@ -34,7 +34,7 @@ from runner.ledger import Ledger, mask_state, open_ledger
 from runner.model import Batch, Destination
 from runner.sandbox import Sandbox, SandboxSettings
 
-from .helpers import number, write_campaign, write_csv
+from .helpers import campaign_command, number, write_campaign, write_csv
 from .postgres import fresh_database, stop_postgres_at_session_end, terminate_other_sessions  # noqa: F401
 
 KEY = "backends-key-51c0"
@@ -80,12 +80,6 @@ def apply_in_process(path: Path, state: str, base_url: str | None, **options: An
     code = run_apply(settings, now=datetime.now(timezone.utc), console=console)
     return int(code), out.getvalue(), err.getvalue()
 
-
-def campaign_command() -> list[str]:
-    beside = Path(sys.executable).with_name("campaign")
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return [str(beside)]
-    return [sys.executable, "-c", "from runner.cli import main; main()"]
 
 
 def environment() -> dict[str, str]:
