@@ -230,6 +230,9 @@ class LockHolder:
 
 
 class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
@@ -303,6 +306,9 @@ class _State:
     # inside `group()`: the thread that opened it and the connection of its one transaction
     group_owner: int | None = None
     group_connection: Connection | None = None
+    # batches accepted with a messageId inside the group: orphan receipts are looked for
+    # once, when it ends, rather than once per answer
+    group_accepted: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Ledger(ABC):
@@ -382,11 +388,14 @@ class Ledger(ABC):
         Other threads' writes wait for it on SQLite (one connection behind the lock) and
         run in their own transactions on PostgreSQL (a pool connection each)."""
         with self._write() as connection:
-            self._state.group_owner, self._state.group_connection = threading.get_ident(), connection
+            state = self._state
+            state.group_owner, state.group_connection, state.group_accepted = threading.get_ident(), connection, []
             try:
                 yield
+                if state.group_accepted:
+                    self._adopt_orphans_of_accepted(connection, state.group_accepted)
             finally:
-                self._state.group_owner, self._state.group_connection = None, None
+                state.group_owner, state.group_connection, state.group_accepted = None, None, []
 
     def _grouped(self) -> Connection | None:
         """This thread's open `group()` transaction, if any."""
@@ -577,35 +586,56 @@ class Ledger(ABC):
         self.record_pending_many(campaign_id, (batch,))
 
     def record_pending_many(self, campaign_id: str, batches: Iterable[Batch]) -> None:
-        """`record_pending` for many batches in one transaction."""
+        """`record_pending` for many batches in one transaction, and in a few statements
+        whatever their number (one request per destination means a batch per number)."""
         now = now_text()
         with self._write() as connection:
             self._ensure_campaign(connection, campaign_id, now)
-            orphans = connection.execute("SELECT 1 FROM orphan_receipts LIMIT 1").fetchone() is not None
-            for batch in batches:
-                if self._insert_batch(connection, campaign_id, batch, now) and orphans:
-                    self._adopt_orphans(connection, batch.key, None)
+            new = self._insert_batches(connection, campaign_id, list(batches), now)
+            if new and connection.execute("SELECT 1 FROM orphan_receipts LIMIT 1").fetchone() is not None:
+                for key in new:
+                    self._adopt_orphans(connection, key, None)
 
-    def _insert_batch(self, connection: Connection, campaign_id: str, batch: Batch, now: str) -> bool:
-        """Returns whether the batch is new."""
+    _KEYS_PER_STATEMENT: Final = 500  # keys in one IN (...) list: under SQLite's bound-parameter limit
+
+    def _insert_batches(self, connection: Connection, campaign_id: str, batches: Sequence[Batch],
+                        now: str) -> list[str]:
+        """Record the batches not yet known; returns their keys. Raises as `record_pending` says."""
         env = self.environment
-        known = connection.execute(
-            "SELECT campaign_id FROM batches WHERE environment = ? AND batch_key = ?", (env, batch.key)
-        ).fetchone()
-        if known is not None:
-            if known[0] != campaign_id:
-                raise CampaignError(
-                    f"ledger: batch key {batch.key} already belongs to campaign '{known[0]}'",
-                    exit_code=ExitCode.INTERNAL,
-                )
-            return False
-        unique = {(d.msisdn, d.correlation_id) for d in batch.destinations}
-        digests = batch_content_digests(batch)
-        connection.execute(
+        keys = list(dict.fromkeys(batch.key for batch in batches))
+        known: dict[str, str] = {}
+        for start in range(0, len(keys), self._KEYS_PER_STATEMENT):
+            part = keys[start:start + self._KEYS_PER_STATEMENT]
+            known.update(connection.execute(
+                f"SELECT batch_key, campaign_id FROM batches WHERE environment = ? AND batch_key IN "
+                f"({','.join('?' * len(part))})", (env, *part)).fetchall())
+        for key, owner in known.items():
+            if owner != campaign_id:
+                raise CampaignError(f"ledger: batch key {key} already belongs to campaign '{owner}'",
+                                    exit_code=ExitCode.INTERNAL)
+        new: dict[str, Batch] = {}
+        for batch in batches:
+            if batch.key not in known:
+                new.setdefault(batch.key, batch)
+        if not new:
+            return []
+        wanted: dict[str, set[tuple[str, str]]] = {}
+        batch_rows, destination_rows = [], []
+        for key, batch in new.items():
+            unique = wanted[key] = {(d.msisdn, d.correlation_id) for d in batch.destinations}
+            digests = batch_content_digests(batch)
+            batch_rows.append((env, key, campaign_id, batch.index, batch.api, len(unique), now, now))
+            destination_rows.extend((env, campaign_id, key, msisdn, correlation_id, digests.get(msisdn))
+                                    for msisdn, correlation_id in unique)
+        if len({row[3:5] for row in destination_rows}) != len(destination_rows):
+            # one number in two of these batches (never from one compile): one at a time,
+            # so the later batch takes it, as separate calls would
+            for key in new:
+                self._insert_batches(connection, campaign_id, [new[key]], now)
+            return list(new)
+        connection.executemany(
             "INSERT INTO batches(environment, batch_key, campaign_id, batch_index, api, status, destinations_count, "
-            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-            (env, batch.key, campaign_id, batch.index, batch.api, len(unique), now, now),
-        )
+            "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)", batch_rows)
         connection.insert_rows(
             "INSERT INTO destinations(environment, campaign_id, batch_key, msisdn, correlation_id, status, "
             "content_digest)",
@@ -613,39 +643,49 @@ class Ledger(ABC):
             "ON CONFLICT(environment, campaign_id, msisdn, correlation_id) DO UPDATE "
             "SET batch_key = excluded.batch_key, status = 'pending', content_digest = excluded.content_digest "
             "WHERE destinations.status IN ('pending', 'failed', 'uncertain')",
-            [(env, campaign_id, batch.key, msisdn, correlation_id, digests.get(msisdn))
-             for msisdn, correlation_id in unique],
+            destination_rows,
         )
-        held = connection.execute(
-            "SELECT count(*) FROM destinations WHERE environment = ? AND batch_key = ?", (env, batch.key)
-        ).fetchone()[0]
-        if held != len(unique):
-            examples: list[str] = []
-            for msisdn, correlation_id in sorted(unique):
-                row = connection.execute(
-                    "SELECT batch_key, status FROM destinations "
-                    "WHERE environment = ? AND campaign_id = ? AND msisdn = ? AND correlation_id = ?",
-                    (env, campaign_id, msisdn, correlation_id),
-                ).fetchone()
-                if row is not None and row[0] != batch.key:
-                    examples.append(f"{msisdn} ({correlation_id}) is {row[1]} in batch {row[0]}")
-                    if len(examples) == 3:
-                        break
-            raise CampaignError(
-                f"ledger: {len(unique) - held} destination(s) of batch {batch.key} are already "
-                f"accepted or in flight in another batch: {'; '.join(examples)}",
-                exit_code=ExitCode.REFUSED,
-                hint="leave out destinations the ledger has accepted (see accepted_destinations)",
-            )
-        # pending batches (never attempted) whose destinations all moved here are dropped
+        held: dict[str, int] = {}
+        new_keys = list(new)
+        for start in range(0, len(new_keys), self._KEYS_PER_STATEMENT):
+            part = new_keys[start:start + self._KEYS_PER_STATEMENT]
+            held.update(connection.execute(
+                f"SELECT batch_key, count(*) FROM destinations WHERE environment = ? AND batch_key IN "
+                f"({','.join('?' * len(part))}) GROUP BY batch_key", (env, *part)).fetchall())
+        for key, unique in wanted.items():
+            if held.get(key, 0) != len(unique):
+                self._refuse_taken(connection, campaign_id, key, unique, held.get(key, 0))
+        # pending batches (never attempted) whose destinations all moved to these are dropped
         connection.execute(
             "DELETE FROM batches WHERE environment = ? AND campaign_id = ? AND status = 'pending' AND attempts = 0 "
-            "AND destinations_count > 0 AND batch_key != ? AND NOT EXISTS "
+            "AND destinations_count > 0 AND NOT EXISTS "
             "(SELECT 1 FROM destinations d WHERE d.environment = batches.environment "
             "AND d.batch_key = batches.batch_key)",
-            (env, campaign_id, batch.key),
+            (env, campaign_id),
         )
-        return True
+        return new_keys
+
+    def _refuse_taken(self, connection: Connection, campaign_id: str, batch_key: str,
+                      unique: set[tuple[str, str]], held: int) -> None:
+        """Some destinations of a new batch stayed in another batch that is accepted or in
+        flight: name up to three, and refuse (the transaction is rolled back)."""
+        examples: list[str] = []
+        for msisdn, correlation_id in sorted(unique):
+            row = connection.execute(
+                "SELECT batch_key, status FROM destinations "
+                "WHERE environment = ? AND campaign_id = ? AND msisdn = ? AND correlation_id = ?",
+                (self.environment, campaign_id, msisdn, correlation_id),
+            ).fetchone()
+            if row is not None and row[0] != batch_key:
+                examples.append(f"{msisdn} ({correlation_id}) is {row[1]} in batch {row[0]}")
+                if len(examples) == 3:
+                    break
+        raise CampaignError(
+            f"ledger: {len(unique) - held} destination(s) of batch {batch_key} are already "
+            f"accepted or in flight in another batch: {'; '.join(examples)}",
+            exit_code=ExitCode.REFUSED,
+            hint="leave out destinations the ledger has accepted (see accepted_destinations)",
+        )
 
     def _set_status(
         self,
@@ -655,24 +695,29 @@ class Ledger(ABC):
         now: str,
         **columns: Any,
     ) -> None:
+        """One conditional UPDATE of the batch (the transition rule is part of its WHERE) and
+        one of its destinations: at one request per destination this runs twice a request,
+        so the status is read back only to explain an UPDATE that found nothing."""
         env = self.environment
-        row = connection.execute(
-            "SELECT status FROM batches WHERE environment = ? AND batch_key = ?", (env, batch_key)
-        ).fetchone()
-        if row is None:
-            raise CampaignError(f"ledger: unknown batch {batch_key}", exit_code=ExitCode.INTERNAL)
-        if row[0] not in _ALLOWED_FROM[status]:
+        allowed = sorted(_ALLOWED_FROM[status])
+        assignments = "".join(f", {name} = {name} + 1" if value is _INCREMENT else f", {name} = ?"
+                              for name, value in columns.items())
+        values = [value for value in columns.values() if value is not _INCREMENT]
+        updated = connection.execute(
+            f"UPDATE batches SET status = ?, updated_at = ?{assignments} WHERE environment = ? AND batch_key = ? "
+            f"AND status IN ({','.join('?' * len(allowed))})",
+            (status, now, *values, env, batch_key, *allowed),
+        ).rowcount
+        if updated != 1:
+            row = connection.execute(
+                "SELECT status FROM batches WHERE environment = ? AND batch_key = ?", (env, batch_key)
+            ).fetchone()
+            if row is None:
+                raise CampaignError(f"ledger: unknown batch {batch_key}", exit_code=ExitCode.INTERNAL)
             raise CampaignError(
                 f"ledger: batch {batch_key} cannot go from {row[0]} to {status}",
                 exit_code=ExitCode.INTERNAL,
             )
-        assignments = "".join(f", {name} = {name} + 1" if value is _INCREMENT else f", {name} = ?"
-                              for name, value in columns.items())
-        values = [value for value in columns.values() if value is not _INCREMENT]
-        connection.execute(
-            f"UPDATE batches SET status = ?, updated_at = ?{assignments} WHERE environment = ? AND batch_key = ?",
-            (status, now, *values, env, batch_key),
-        )
         connection.execute(
             "UPDATE destinations SET status = ? WHERE environment = ? AND batch_key = ?", (status, env, batch_key)
         )
@@ -694,8 +739,18 @@ class Ledger(ABC):
                 vendor_code=None,
                 vendor_message=None,
             )
-            if message_id and connection.execute("SELECT 1 FROM orphan_receipts LIMIT 1").fetchone() is not None:
-                self._adopt_orphans(connection, batch_key, message_id)
+            if message_id:
+                if connection is self._grouped():
+                    self._state.group_accepted.append((batch_key, message_id))
+                else:
+                    self._adopt_orphans_of_accepted(connection, [(batch_key, message_id)])
+
+    def _adopt_orphans_of_accepted(self, connection: Connection, accepted: Sequence[tuple[str, str]]) -> None:
+        """Orphan receipts that waited for these (batch key, messageId)s, if there are any at all."""
+        if connection.execute("SELECT 1 FROM orphan_receipts LIMIT 1").fetchone() is None:
+            return
+        for batch_key, message_id in accepted:
+            self._adopt_orphans(connection, batch_key, message_id)
 
     def mark_failed(self, batch_key: str, *, http_status: int | None, code: str | None, message: str) -> None:
         with self._write() as connection:
