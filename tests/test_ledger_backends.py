@@ -258,6 +258,50 @@ def test_orphan_found_by_transid_when_its_batch_gets_the_message_id(state: str) 
         assert dict(ledger.summary("t").receipts) == {"Delivered": 1} and ledger.orphan_receipt_count() == 0
 
 
+def test_an_orphan_waiting_for_a_batch_accepted_inside_a_group_is_matched_when_the_group_commits(
+        state: str) -> None:
+    """The sender accepts in groups; orphans are looked for once per group, not skipped."""
+    with open_ledger(state) as ledger:
+        assert ledger.record_receipts([receipt("", "15550000061", "msg-g1")]) == [False]
+        batches = [Batch(f"g{i}", i, "v2", {}, (Destination(f"+1555000006{i}", f"g-{i}"),)) for i in range(3)]
+        ledger.record_pending_many("g", batches)
+        run = ledger.begin_run("g")
+        with ledger.group():
+            for i, batch in enumerate(batches):
+                ledger.mark_in_flight(batch.key, run)
+                ledger.mark_accepted(batch.key, http_status=202, message_id=f"msg-g{i}")
+        assert ledger.orphan_receipt_count() == 0
+        assert dict(ledger.summary("g").receipts) == {"Delivered": 1}
+
+
+def test_one_group_of_pending_batches_sharing_a_number_leaves_it_in_the_later_batch(state: str) -> None:
+    """Never from one compile, but the contract of separate calls holds for one call too."""
+    shared = Destination("+15550000071", "s-1")
+    first = Batch("s0", 0, "v2", {}, (shared, Destination("+15550000072", "s-2")))
+    second = Batch("s1", 1, "v2", {}, (shared,))
+    only = Batch("s2", 2, "v2", {}, (Destination("+15550000073", "s-3"),))
+    with open_ledger(state) as ledger:
+        ledger.record_pending_many("s", [first, second, only])
+        records = {record.batch_key: record for record in ledger.batch_records("s")}
+        assert sorted(records) == ["s0", "s1", "s2"]
+        assert ledger.summary("s").destinations["pending"] == 3
+        run = ledger.begin_run("s")
+        ledger.mark_in_flight("s1", run)
+        assert ledger.msisdns_with_status("s", "in-flight") == {"+15550000071"}
+
+
+def test_a_group_with_a_number_accepted_elsewhere_records_none_of_its_batches(state: str) -> None:
+    with open_ledger(state) as ledger:
+        accept(ledger, "r", Batch("r0", 0, "v2", {}, (Destination("+15550000081", "r-1"),)), "msg-r0")
+        fresh = Batch("r1", 1, "v2", {}, (Destination("+15550000082", "r-2"),))
+        taken = Batch("r2", 2, "v2", {}, (Destination("+15550000081", "r-1"),))
+        with pytest.raises(CampaignError) as refused:
+            ledger.record_pending_many("r", [fresh, taken])
+        assert refused.value.exit_code == ExitCode.REFUSED
+        assert "+15550000081 (r-1) is accepted in batch r0" in refused.value.message
+        assert ledger.batch_status("r1") is None and ledger.batch_status("r2") is None
+
+
 def test_same_correlation_id_in_two_campaigns_is_matched_by_transid(state: str) -> None:
     with open_ledger(state) as ledger:
         accept(ledger, "one", Batch("o0", 0, "v2", {}, (Destination("+15550000041", "shared"),)), "msg-one")
