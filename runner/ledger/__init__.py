@@ -249,6 +249,12 @@ class Dialect:
     serial: str  # an auto-numbered integer primary key
     begin_write: str  # starts a transaction that will write
     begin_read: str  # starts a read-only transaction with one snapshot for all its queries
+    # `WITH x AS {materialized}(...)`: keeps a CTE's own (indexed) plan. PostgreSQL would
+    # otherwise fold it into the join, and on a table not yet analysed (receipts arriving
+    # right after a first send) pick a plan that reads every destination of each batch:
+    # 80 ms for 64 receipts instead of 0.4 ms. SQLite plans it well either way (and before
+    # 3.35 does not know the word).
+    materialized: str = ""
 
     def schema(self) -> str:
         return SCHEMA.replace("{serial}", self.serial)
@@ -982,28 +988,38 @@ class Ledger(ABC):
                     "(?, ?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT DO NOTHING", list(orphans.values()))
         return results
 
-    _CANDIDATES: Final = (
-        "SELECT d.environment, d.campaign_id, d.batch_key, d.msisdn, d.correlation_id, b.message_id "
-        "FROM destinations d JOIN batches b ON b.environment = d.environment AND b.batch_key = d.batch_key "
-    )
     _CANDIDATE_CHUNK: Final = 500  # keys per IN (...) list
 
     def _candidates(
         self, connection: Connection, column: str, keys: set[str], campaign_id: str | None
     ) -> dict[str, list[tuple[Any, ...]]]:
         """Destinations whose correlation id (or whose batch's messageId) is one of `keys`,
-        by that key; one query per chunk of keys."""
+        by that key; one query per chunk of keys. Each query first finds the rows its key
+        names through that key's index, then joins (see `Dialect.materialized`)."""
         found: dict[str, list[tuple[Any, ...]]] = {}
         scope, scope_params = "", cast(tuple[str, ...], ())
         if campaign_id is not None:
             scope, scope_params = " AND d.environment = ? AND d.campaign_id = ?", (self.environment, campaign_id)
         ordered = sorted(keys)
-        key_at = 4 if column == "d.correlation_id" else 5
+        by_correlation = column == "d.correlation_id"
+        key_at = 4 if by_correlation else 5
+        materialized = connection.dialect.materialized
         for start in range(0, len(ordered), self._CANDIDATE_CHUNK):
             chunk = ordered[start:start + self._CANDIDATE_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for row in connection.execute(f"{self._CANDIDATES}WHERE {column} IN ({marks}){scope}",
-                                          (*chunk, *scope_params)):
+            if by_correlation:
+                query = (
+                    f"WITH d AS {materialized}(SELECT environment, campaign_id, batch_key, msisdn, correlation_id "
+                    f"FROM destinations d WHERE d.correlation_id IN ({marks}){scope}) "
+                    "SELECT d.environment, d.campaign_id, d.batch_key, d.msisdn, d.correlation_id, b.message_id "
+                    "FROM d JOIN batches b ON b.environment = d.environment AND b.batch_key = d.batch_key")
+            else:
+                query = (
+                    f"WITH b AS {materialized}(SELECT environment, batch_key, message_id FROM batches "
+                    f"WHERE message_id IN ({marks})) "
+                    "SELECT d.environment, d.campaign_id, d.batch_key, d.msisdn, d.correlation_id, b.message_id "
+                    f"FROM b JOIN destinations d ON d.environment = b.environment AND d.batch_key = b.batch_key{scope}")
+            for row in connection.execute(query, (*chunk, *scope_params)):
                 found.setdefault(str(row[key_at]), []).append(tuple(row))
         return found
 

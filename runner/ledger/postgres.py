@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # reads: REPEATABLE READ, as READ COMMITTED would give each query of a summary its own snapshot
 DIALECT: Final = Dialect(name="postgresql", placeholder="%s", serial="BIGSERIAL PRIMARY KEY", begin_write="BEGIN",
-                         begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                         begin_read="BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", materialized="MATERIALIZED ")
 CONNECT_TIMEOUT_SECONDS: Final = 10
 LOCK_POLL_SECONDS: Final = 0.2
 POOL_SIZE: Final = 4  # connections for transactions (the sender's main thread and its workers)
