@@ -323,6 +323,16 @@ def _status_line(response: httpx.Response) -> str:
 # --- the client -------------------------------------------------------------------
 
 
+def _on_headers_sent(callback: Callable[[], None]) -> Callable[[str, dict[str, Any]], None]:
+    """An httpcore trace hook calling `callback` as the request headers start to go out."""
+
+    def trace(event_name: str, info: dict[str, Any]) -> None:
+        if event_name.endswith(".send_request_headers.started"):
+            callback()
+
+    return trace
+
+
 class ApiClient:
     """Posts batches to the vendor API over reused connections; thread-safe."""
 
@@ -427,8 +437,14 @@ class ApiClient:
         path = vendor.V2_MESSAGES_PATH if batch.api == "v2" else vendor.V1_SMS_PATH
         return self.base_url + path
 
-    def send(self, batch: Batch) -> Answer:
-        """POST `batch` once and classify the result. Never raises for network or HTTP trouble."""
+    def send(self, batch: Batch, on_departure: Callable[[], None] | None = None) -> Answer:
+        """POST `batch` once and classify the result. Never raises for network or HTTP trouble.
+
+        `on_departure` is called when the request's first bytes are about to be written
+        (httpcore's `trace` extension), after any connection set-up: the moment the
+        vendor's TPS window counts. Measured before the call instead, a new connection's
+        handshake made the first request of a run arrive 18 ms late, and the request a
+        second after it then early (7020)."""
         if not batch.key or len(batch.key) > vendor.IDEMPOTENCY_KEY_MAX:
             raise CampaignError(
                 f"batch key {batch.key!r} is not a valid {vendor.IDEMPOTENCY_HEADER} "
@@ -439,7 +455,9 @@ class ApiClient:
         headers = {**self._auth_headers, vendor.IDEMPOTENCY_HEADER: batch.key}
         client = self._borrow()
         try:
-            with client.stream("POST", self.url_for(batch), content=content, headers=headers) as response:
+            extensions = {"trace": _on_headers_sent(on_departure)} if on_departure is not None else None
+            with client.stream("POST", self.url_for(batch), content=content, headers=headers,
+                               extensions=extensions) as response:
                 body, read_error = self._read_body(response)
                 return self._classify_response(response, body, read_error)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:

@@ -38,7 +38,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Sender(Protocol):
-    def send(self, batch: Batch) -> Answer: ...
+    def send(self, batch: Batch, on_departure: Callable[[], None] | None = None) -> Answer:
+        """POST once; call `on_departure` as the request starts to leave (after connecting)."""
 
 
 @dataclass(frozen=True)
@@ -532,9 +533,9 @@ class Applier:
             self._committer.write(functools.partial(self.ledger.mark_in_flight, batch.key, self.run_id))
             with self.result_lock:
                 self.result.attempts += 1
-            self.limiter.touch(reservation)  # the window counts from the departure, not the fsync
+            # the window counts from the departure (not the fsync, nor the connection set-up)
+            answer = self.sender.send(batch, on_departure=functools.partial(self.limiter.touch, reservation))
             self._note_departure(reservation)
-            answer = self.sender.send(batch)
             if self.log is not None:
                 self.log(f"batch {batch.key} attempt {attempt}: {answer.outcome.value}"
                          f" (HTTP {answer.http_status}, code {answer.code}) {answer.message}")

@@ -206,8 +206,8 @@ def test_an_interrupted_apply_exits_130(tmp_path: Path, sandbox: Sandbox) -> Non
             self.inner = inner
             self.applier: Applier | None = None
 
-        def send(self, batch):  # type: ignore[no-untyped-def]
-            answer = self.inner.send(batch)
+        def send(self, batch, on_departure=None):  # type: ignore[no-untyped-def]
+            answer = self.inner.send(batch, on_departure)
             assert self.applier is not None
             self.applier.stop.set()
             self.applier.result.interrupted = True

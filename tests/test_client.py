@@ -372,6 +372,24 @@ def test_connection_refused_is_retry() -> None:
     assert "ConnectError" in answer.message and "nothing was sent" in answer.message
 
 
+def test_departure_is_told_once_per_request_after_connecting_and_never_when_nothing_left(
+        server: ScriptedServer) -> None:
+    """The sender counts a request in the TPS window from this moment."""
+    told: list[int] = []  # requests the server had seen when the departure was told
+    with ApiClient(server.url, KEY_ONLY, timeout=5) as client:
+        for _ in range(2):
+            answer = client.send(make_batch(), on_departure=lambda: told.append(len(server.script.seen)))
+            assert answer.outcome is Outcome.ACCEPTED
+    assert told == [0, 1]  # before each request arrived, once each
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused: list[int] = []
+    with ApiClient(f"http://127.0.0.1:{port}", KEY_ONLY, timeout=2) as client:
+        assert client.send(make_batch(), on_departure=lambda: refused.append(1)).outcome is Outcome.RETRY
+    assert refused == []
+
+
 # faults a real loopback socket cannot produce on demand: httpx.MockTransport
 @pytest.mark.parametrize(
     ("fault", "outcome"),

@@ -113,11 +113,16 @@ class ScriptedVendor:
 
     clock: VirtualClock
     answer: Callable[[Batch, int, float], Answer]
+    connect_seconds: float = 0.0  # the first request's connection set-up, before it departs
     sent: list[tuple[float, str]] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, batch: Batch) -> Answer:
+    def send(self, batch: Batch, on_departure: Callable[[], None] | None = None) -> Answer:
+        if not self.sent and self.connect_seconds:
+            self.clock.sleep(self.connect_seconds)
+        if on_departure is not None:
+            on_departure()
         with self.lock:
             self.attempts[batch.key] = self.attempts.get(batch.key, 0) + 1
             self.sent.append((self.clock(), batch.key))
@@ -136,12 +141,12 @@ def refused_429(retry_after: float | None) -> Answer:
 
 
 def run_scripted(tmp_path: Path, count: int, *, tps: int, answer: Callable[[Batch, int, float], Answer],
-                 policy: SendPolicy) -> tuple[Any, ScriptedVendor, Applier]:
+                 policy: SendPolicy, connect_seconds: float = 0.0) -> tuple[Any, ScriptedVendor, Applier]:
     write_csv(tmp_path / "people.csv", ["msisdn"], [[number(i)] for i in range(count)])
     campaign = campaign_from(tmp_path, {"content": {"text": "Hi"}, "recipients": [{"file": "people.csv"}],
                                         "throughput": {"tps": tps}})
     clock = VirtualClock()
-    vendor = ScriptedVendor(clock, answer)
+    vendor = ScriptedVendor(clock, answer, connect_seconds)
     with Ledger.open(tmp_path / "state.db") as ledger:
         applier = Applier(campaign, ledger=ledger, sender=vendor, api="v2", policy=policy,
                           run_id=ledger.begin_run(campaign.id), seed=1, clock=clock, sleep=clock.sleep)
@@ -181,6 +186,18 @@ def test_a_retry_waits_out_the_servers_retry_after(tmp_path: Path) -> None:
     assert result.accepted == 1
     (first, _), (second, _) = vendor.sent
     assert second - first >= 20.0
+
+
+def test_the_window_counts_a_request_from_its_departure_not_from_before_its_connection(tmp_path: Path) -> None:
+    """The first request spends 0.5 s connecting: the next may not leave until a whole
+    window after the first really left, or the vendor counts both in one second (7020)."""
+    result, vendor, _ = run_scripted(tmp_path, 6, tps=2, answer=lambda b, n, now: accepted(),
+                                     policy=SendPolicy(max_in_flight=1), connect_seconds=0.5)
+    assert result.accepted == 3
+    departures = [at for at, _ in vendor.sent]
+    assert departures[0] == 1000.5
+    gaps = [b - a for a, b in zip(departures, departures[1:])]
+    assert len(gaps) == 2 and all(1.02 <= gap < 1.03 for gap in gaps), gaps
 
 
 # --- 7. a 429 pauses every worker ------------------------------------------------------------------
