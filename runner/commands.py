@@ -439,7 +439,7 @@ class ApplySettings:
     base_url: str | None = None
     region: str | None = None
     output_format: str = "text"
-    max_in_flight: int = 8
+    max_in_flight: int | None = None  # None: as the campaign needs (send.in_flight_for)
     timeout: float = 30.0
     step_summary: Path | None = None  # $GITHUB_STEP_SUMMARY, for --format github
     environment: str = "default"  # the tenant this run targets; the ledger keys by it
@@ -474,7 +474,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
     from .client import ApiClient, env_redactor
     from .ledger import check_environment_name, open_ledger
     from .planfile import is_saved_plan
-    from .send import Applier, SendPolicy, prepare, schedule_for_now
+    from .send import Applier, SendPolicy, in_flight_for, prepare, schedule_for_now
     from .report import progress_bar
 
     check_environment_name(settings.environment)
@@ -501,8 +501,10 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
         stack.enter_context(ledger.apply_lock(campaign.id, timeout=settings.lock_timeout))
         base_url, credentials, sandbox = _api_target(settings, campaign, now, console.environ, stack)
         ledger.check_environment_host(_api_host(base_url))
+        in_flight = settings.max_in_flight or in_flight_for(campaign.tps, plan.summary.requests,
+                                                            plan.summary.messages)
         client = stack.enter_context(ApiClient(base_url, credentials, timeout=settings.timeout,
-                                               max_connections=settings.max_in_flight))
+                                               max_connections=in_flight))
         held = ledger.mark_dead_in_flight_uncertain(campaign.id)
         if held:
             console.err.write(f"{held} batches were in flight when an earlier run died: now uncertain\n")
@@ -512,7 +514,7 @@ def run_apply(settings: ApplySettings, *, now: datetime, console: Console) -> Ex
         log = _verbose_log(console.err, credentials) if settings.verbose else None
         progress = stack.enter_context(progress_bar(console.err, plan.summary.messages,
                                                     enabled=console.interactive and not settings.quiet))
-        policy = SendPolicy(max_in_flight=settings.max_in_flight, resend_uncertain=settings.resend_uncertain)
+        policy = SendPolicy(max_in_flight=in_flight, resend_uncertain=settings.resend_uncertain)
         applier = Applier(campaign, ledger=ledger, sender=client, api=settings.api, policy=policy, run_id=run_id,
                           on_progress=progress, log=log)
         batches = compiler.iter_batches()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import queue
 import random
 import signal
@@ -33,6 +34,8 @@ from .model import Api, Batch, Campaign, RecipientFile
 # arrivals, and arrival times jitter with latency, so an exact 1.000 s window would
 # occasionally be read as over the limit.
 RATE_WINDOW_SECONDS = 1.02
+# How far behind its even spacing the limiter lets a late sender catch up (see RateLimiter).
+CATCH_UP_SECONDS = 0.02
 # Ctrl-C, and the SIGTERM of a cancelled pipeline: stop dispatching, record what is on the wire.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -49,6 +52,21 @@ class SendPolicy:
     backoff_cap: float = 30.0
     max_in_flight: int = 8
     resend_uncertain: bool = False
+
+
+# `apply` without --max-in-flight: enough requests in flight to keep the tenant's TPS
+# moving if each takes up to ASSUMED_LATENCY_SECONDS, within these bounds.
+ASSUMED_LATENCY_SECONDS = 0.1
+MIN_IN_FLIGHT, MAX_IN_FLIGHT = 8, 128
+
+
+def in_flight_for(tps: int, requests: int, destinations: int) -> int:
+    """Requests in flight that the campaign needs: one request per destination (local
+    personalisation) at 1,000 TPS is 1,000 requests a second, 100 in flight at 100 ms
+    each, where 8 would cap it at 80 a second; full 1,000-destination requests need few."""
+    per_request = destinations / requests if requests else 1.0
+    per_second = tps / max(1.0, per_request)
+    return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, math.ceil(per_second * ASSUMED_LATENCY_SECONDS)))
 
 
 # Bumped when a key of `campaign apply --format json` changes meaning or goes away.
@@ -77,6 +95,7 @@ class ApplyResult:
     uncertain: int = 0  # batches held (or left) uncertain
     uncertain_destinations: int = 0
     attempts: int = 0
+    max_in_flight: int = 0  # requests this run let await an answer at once
     elapsed_seconds: float = 0.0
     # The send phase: from the first request's departure to the end of the last one's slot
     # in the pacing schedule (a batch of n occupies n/tps of a window). Rates are measured
@@ -114,6 +133,7 @@ class ApplyResult:
             "uncertain": self.uncertain,
             "uncertainDestinations": self.uncertain_destinations,
             "attempts": self.attempts,
+            "maxInFlight": self.max_in_flight,
             "elapsedSeconds": round(self.elapsed_seconds, 3),
             "sendSeconds": round(self.send_seconds, 3),
             "destinationsPerSecond": round(self.destinations_per_second, 1),
@@ -225,7 +245,11 @@ class RateLimiter:
                     self.in_window -= int(self.sent.popleft()[1])
                 wait_for = max(self.paused_until, self.next_start) - now
                 if wait_for <= 0 and self.in_window + count <= self.rate:
-                    self.next_start = now + count * self.window / self.rate
+                    # spaced from the previous slot, not from now: a sender that was late
+                    # (a commit, a busy CPU) catches up with up to CATCH_UP_SECONDS of its
+                    # slots at once, instead of losing that time for good
+                    spacing = count * self.window / self.rate
+                    self.next_start = max(self.next_start, now - CATCH_UP_SECONDS) + spacing
                     reservation = [now, count]
                     self.sent.append(reservation)
                     self.in_window += count
@@ -256,6 +280,16 @@ def backoff_delay(attempt: int, policy: SendPolicy, retry_after: float | None, r
 PENDING_GROUP_BATCHES = 100
 PENDING_GROUP_DESTINATIONS = 1000
 MAX_GROUP_WRITES = 256  # status changes committed together at most
+# Batches marked in flight by one commit, ahead of their slots: at most this many, and
+# about 1/PREMARK_PER_SECOND of a second of the tenant's TPS (at least one batch). A run
+# that dies leaves these uncertain with the ones on the wire; a run that stops puts
+# them back to pending.
+PREMARK_BATCHES = 16
+PREMARK_PER_SECOND = 50
+LOCK_CHECK_SECONDS = 1.0  # how often the dispatcher asks the ledger whether its apply lock holds
+# How long answers wait for company before their commit (see GroupCommitter._gather).
+# Nothing depends on an answer being durable sooner (see GroupCommitter.write).
+ANSWER_LINGER_SECONDS = 0.02
 
 
 @dataclass
@@ -316,16 +350,7 @@ class GroupCommitter:
             first = self._queue.get()
             if first is None:
                 return
-            items = [first]
-            while len(items) < MAX_GROUP_WRITES:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    closing = True
-                    break
-                items.append(item)
+            items, closing = self._gather(first)
             try:
                 with self.ledger.group():
                     for item in items:
@@ -347,6 +372,47 @@ class GroupCommitter:
                 if item.error is not None and not item.waited and self._failure is None:
                     self._failure = item.error
                 item.done.set()
+
+    def _gather(self, first: _Write) -> tuple[list[_Write], bool]:
+        """The writes of one group, and whether `close` was asked. A group that only records
+        answers waits up to ANSWER_LINGER_SECONDS for more (or for a waited write, which
+        ends the wait): at one request per destination, a commit (and a wake-up of this
+        thread) per answer was a large share of the sender's CPU."""
+        items = [first]
+        linger_until = None if first.waited else time.monotonic() + ANSWER_LINGER_SECONDS
+        while len(items) < MAX_GROUP_WRITES:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                if linger_until is None:
+                    break
+                remaining = linger_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is None:
+                return items, True
+            items.append(item)
+            if item.waited:
+                linger_until = None
+        return items, False
+
+
+def _chunks(batches: Iterator[Batch], most_batches: int, most_destinations: int) -> Iterator[list[Batch]]:
+    """Consecutive batches: up to `most_batches`, and up to `most_destinations` unless one alone has more."""
+    chunk: list[Batch] = []
+    destinations = 0
+    for batch in batches:
+        chunk.append(batch)
+        destinations += len(batch.destinations)
+        if len(chunk) >= most_batches or destinations >= most_destinations:
+            yield chunk
+            chunk, destinations = [], 0
+    if chunk:
+        yield chunk
 
 
 def _pending_groups(batches: Iterator[Batch]) -> Iterator[list[Batch]]:
@@ -422,14 +488,20 @@ class Applier:
                 signal.signal(signum, handler)
 
     def _run(self, batches: Iterator[Batch]) -> ApplyResult:
-        """Batches go to `max_in_flight` sender threads through a short queue. (A thread pool
-        with one future per batch cost more than the send itself at one request per
-        destination: every `wait(FIRST_COMPLETED)` walked all the futures in flight.)"""
+        """This thread records batches as pending, marks the next few in flight (one commit),
+        and paces them out to `max_in_flight` sender threads, one batch to a free thread as
+        its slot comes; the threads send, record answers, and retry.
+
+        Pacing and the `in-flight` marks live in one thread because at one request per
+        destination their hand-offs were the sender's cost: every worker taking turns at
+        the limiter and waiting for its own commit was a dozen thread switches a request,
+        more CPU than the request itself. (A thread pool with one future per batch was
+        worse still: every `wait(FIRST_COMPLETED)` walked all the futures in flight.)"""
         started = time.monotonic()
-        workers = max(1, self.policy.max_in_flight)
-        # at most `workers` batches wait while `workers` are being sent: the compiler and
-        # the pending records stay a little ahead of the wire, no more
-        work: queue.Queue[Batch | None] = queue.Queue(maxsize=workers)
+        workers = self.result.max_in_flight = max(1, self.policy.max_in_flight)
+        work: queue.SimpleQueue[tuple[Batch, list[float]] | None] = queue.SimpleQueue()
+        self._free = threading.Semaphore(workers)  # threads not sending
+        self._next_lock_check = 0.0
         self._worker_error: BaseException | None = None
         self._ends_queued = 0
         self._committer = GroupCommitter(self.ledger)
@@ -437,19 +509,11 @@ class Applier:
                    for n in range(workers)]
         for thread in threads:
             thread.start()
+        premark = max(1, self.campaign.tps // PREMARK_PER_SECOND)
         try:
-            for group in _pending_groups(batches):
-                if self.stop.is_set() or self._worker_error is not None:
+            for chunk in _chunks(self._to_send(batches), PREMARK_BATCHES, premark):
+                if not self._dispatch(chunk, work):
                     break
-                self.ledger.record_pending_many(self.campaign.id, group)
-                statuses = self.ledger.batch_statuses([batch.key for batch in group])
-                for batch in group:
-                    if self.stop.is_set() or self._worker_error is not None:
-                        break
-                    if not self._should_send(batch, statuses.get(batch.key)):
-                        continue
-                    # pacing happens in the worker, per attempt: a retry is paced like a first send
-                    work.put(batch)
         except KeyboardInterrupt:
             self.stop.set()
             self.result.interrupted = True
@@ -470,21 +534,73 @@ class Applier:
         self._count_held_uncertain()
         return self.result
 
-    def _work(self, work: queue.Queue[Batch | None]) -> None:
+    def _to_send(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """The batches to send, each recorded as pending (a group a transaction) before it is yielded."""
+        for group in _pending_groups(batches):
+            if self.stop.is_set():
+                return
+            self.ledger.record_pending_many(self.campaign.id, group)
+            statuses = self.ledger.batch_statuses([batch.key for batch in group])
+            for batch in group:
+                if self.stop.is_set():
+                    return
+                if self._should_send(batch, statuses.get(batch.key)):
+                    yield batch
+
+    def _dispatch(self, chunk: list[Batch], work: queue.SimpleQueue[tuple[Batch, list[float]] | None]) -> bool:
+        """Mark `chunk` in flight (one commit, before any of it leaves), then hand each batch
+        to a free thread at its pacing slot. False when the run stops: the batches not
+        handed out go back to pending, uncounted (they never left)."""
+        keys = [batch.key for batch in chunk]
+        now = time.monotonic()
+        if now >= self._next_lock_check:
+            self._next_lock_check = now + LOCK_CHECK_SECONDS
+            self.ledger.check_apply_lock()  # nothing new leaves once the lock may be another's
+        self._committer.write(functools.partial(self._mark_in_flight, keys))
+        for at, batch in enumerate(chunk):
+            reservation = self._free_slot(len(batch.destinations))
+            if reservation is None:
+                self._committer.write(functools.partial(self._mark_unsent, keys[at:]))
+                return False
+            work.put((batch, reservation))
+        return True
+
+    def _free_slot(self, destinations: int) -> list[float] | None:
+        """A free sender thread, then a pacing slot (so the batch leaves at its slot); None when stopping."""
+        while not self._free.acquire(timeout=0.1):
+            if self.stop.is_set():
+                return None
+        reservation = None if self.stop.is_set() else self.limiter.acquire(destinations, self.stop)
+        if reservation is None:
+            self._free.release()
+        return reservation
+
+    def _mark_in_flight(self, keys: list[str]) -> None:
+        for key in keys:
+            self.ledger.mark_in_flight(key, self.run_id)
+
+    def _mark_unsent(self, keys: list[str]) -> None:
+        for key in keys:
+            self.ledger.mark_unsent(key)
+
+    def _work(self, work: queue.SimpleQueue[tuple[Batch, list[float]] | None]) -> None:
         while True:
-            batch = work.get()
-            if batch is None:
+            item = work.get()
+            if item is None:
                 return
             try:
-                self._send_batch(batch)
+                self._send_batch(*item)
             except BaseException as error:  # re-raised by `_run` once every thread is done
                 with self.result_lock:
                     if self._worker_error is None:
                         self._worker_error = error
+                self.stop.set()
+            finally:
+                self._free.release()
 
-    def _finish_workers(self, work: queue.Queue[Batch | None], threads: list[threading.Thread]) -> None:
-        """Let the threads send what is queued (a stopping run's first attempts return at
-        once, still pending), then end them: one end mark per thread, whichever takes it."""
+    def _finish_workers(self, work: queue.SimpleQueue[tuple[Batch, list[float]] | None],
+                        threads: list[threading.Thread]) -> None:
+        """Let the threads finish what they were handed, then end them: one end mark per thread."""
         while self._ends_queued < len(threads):
             work.put(None)
             self._ends_queued += 1
@@ -520,17 +636,22 @@ class Applier:
         self.result.uncertain += 1
         self.result.uncertain_destinations += len(batch.destinations)
 
-    def _send_batch(self, batch: Batch) -> None:
+    def _send_batch(self, batch: Batch, reservation: list[float]) -> None:
+        """Send a batch the dispatcher marked in flight and paced (its first attempt), and
+        retry it as its answers allow, each retry paced and marked in flight here."""
         answer: Answer | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
-            if attempt > 1 and self.stop.is_set():
-                break
-            reservation = self.limiter.acquire(len(batch.destinations), self.stop)
-            if reservation is None:  # stopping: a first attempt stays pending, never sent
-                if answer is None:
-                    return
-                break
-            self._committer.write(functools.partial(self.ledger.mark_in_flight, batch.key, self.run_id))
+            if attempt == 1 and self.stop.is_set():  # stopped since it was handed out: it never left
+                self._committer.write(functools.partial(self.ledger.mark_unsent, batch.key))
+                return
+            if attempt > 1:
+                if self.stop.is_set():
+                    break
+                retry_slot = self.limiter.acquire(len(batch.destinations), self.stop)
+                if retry_slot is None:
+                    break
+                reservation = retry_slot
+                self._committer.write(functools.partial(self.ledger.mark_in_flight, batch.key, self.run_id))
             with self.result_lock:
                 self.result.attempts += 1
             # the window counts from the departure (not the fsync, nor the connection set-up)

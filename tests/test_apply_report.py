@@ -24,7 +24,7 @@ from runner.errors import CampaignError, ExitCode
 from runner.ledger import Ledger
 from runner.report import TextReporter
 from runner.sandbox import Sandbox
-from runner.send import Applier, SendPolicy
+from runner.send import Applier, SendPolicy, in_flight_for
 from runner.validate import load_campaign
 
 from .helpers import number, write_campaign
@@ -148,6 +148,26 @@ def test_one_full_batch_reads_below_the_tps_not_thousands_a_second(tmp_path: Pat
     # the batch holds 500/500 of a 1.02 s pacing window: that is the send phase
     assert result["sendSeconds"] == 1.02
     assert result["destinationsPerSecond"] == 490.2
+
+
+@pytest.mark.parametrize(("tps", "requests", "destinations", "expected"), [
+    (1000, 10_000, 10_000, 100),  # local personalisation: a request a destination, 1,000 a second
+    (5000, 100, 100_000, 8),  # full 1,000-destination requests: 5 a second
+    (300, 1000, 1000, 30),
+    (5000, 5000, 5000, 128),  # capped
+    (10, 0, 0, 8),  # nothing to send
+])
+def test_requests_in_flight_follow_the_requests_a_second(tps: int, requests: int, destinations: int,
+                                                         expected: int) -> None:
+    assert in_flight_for(tps, requests, destinations) == expected
+
+
+def test_apply_without_max_in_flight_chooses_it_from_the_campaign(tmp_path: Path, sandbox: Sandbox) -> None:  # noqa: F811
+    path, _ = csv_campaign(tmp_path, 40, tps=400, text="Hi {{ msisdn }}", personalisation="local")
+    chosen = json.loads(apply(path, sandbox.url, tmp_path / "state.db", output_format="json").out)
+    assert (chosen["accepted"], chosen["maxInFlight"]) == (40, 40)  # 400 requests a second at 100 ms
+    given = json.loads(apply(path, sandbox.url, tmp_path / "other.db", output_format="json", max_in_flight=3).out)
+    assert given["maxInFlight"] == 3
 
 
 def test_the_text_summary_states_the_send_phase_rate(tmp_path: Path, sandbox: Sandbox) -> None:  # noqa: F811

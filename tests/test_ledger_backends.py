@@ -489,6 +489,40 @@ def test_a_connection_lost_mid_apply_exits_3_and_the_next_run_holds_the_batches(
         assert stored(slow, numbers) == Counter({m: 1 for m in numbers})
 
 
+def test_an_apply_whose_lock_connection_drops_stops_sending_and_exits_3(tmp_path: Path, pg_state: str) -> None:
+    """Only the lock's connection goes (its server process ended): the server released the
+    lock, so another apply could take the campaign; this one must stop, not go on unlocked."""
+    path, numbers = campaign_file(tmp_path, "unlocked", first=218_000, count=400, groups=400, tps=100)
+    with Sandbox(SandboxSettings(service_key=KEY, latency=0.2)) as slow:
+        with subprocess.Popen(apply_command(slow, pg_state, path, "--max-in-flight", "4"), env=environment(),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as running:
+            while slow.stats()["requests"] < 8 and running.poll() is None:
+                threading.Event().wait(0.05)  # polling a condition, not a timing assertion
+            assert terminate_lock_holders(pg_state) == 1
+            out, err = running.communicate(timeout=TIMEOUT)
+            sent_by_then = slow.stats()["requests"]
+        assert running.returncode == 3, err
+        assert "lost the apply lock on the ledger postgresql://" in err and "Traceback" not in err
+        assert sent_by_then < len(numbers)  # it stopped: the campaign was not finished unlocked
+        resent = subprocess.run(apply_command(slow, pg_state, path, "--resend-uncertain"), env=environment(),
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TIMEOUT)
+        assert resent.returncode == 0, resent.stderr
+        assert stored(slow, numbers) == Counter({m: 1 for m in numbers})
+
+
+def terminate_lock_holders(url: str) -> int:
+    """End the server processes of the sessions holding an advisory lock on the database of `url`."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND pid != pg_backend_pid()").fetchone()
+    return int(row[0]) if row else 0
+
+
 # --- status from the ledger alone ------------------------------------------------------------
 
 
@@ -565,8 +599,9 @@ def test_postgres_kill_9_three_times_then_resend_uncertain_sends_everyone_once(
     path, numbers = campaign_file(tmp_path, "pg-kill", first=226_000, count=600, groups=200, tps=2000)
     with Sandbox(SandboxSettings(service_key=KEY, latency=0.04)) as slow:
         for kill in range(3):
-            with subprocess.Popen(apply_command(slow, pg_state, path, "--resend-uncertain"), env=environment(),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            # 8 in flight (not the 67 apply would choose): the kills land mid-send
+            with subprocess.Popen(apply_command(slow, pg_state, path, "--resend-uncertain", "--max-in-flight", "8"),
+                                  env=environment(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL) as running:
                 target = 10 * (kill + 1)
                 while slow.stats()["requests"] < target and running.poll() is None:

@@ -93,6 +93,7 @@ _RECEIPT_COLUMNS: Final = "correlation_id, msisdn, transid, delivery_status, cod
 
 
 _INCREMENT: Final = object()  # a `_set_status` column value: add one to the column
+_DECREMENT: Final = object()  # ... take one away
 
 
 def now_text() -> str:
@@ -356,6 +357,12 @@ class Ledger(ABC):
     def apply_lock(self, campaign_id: str, *, timeout: float = 0.0) -> AbstractContextManager[None]:
         """Hold the one-apply-per-(environment, campaign) lock for the block, waiting up to
         `timeout` seconds; refused (exit 4, naming the holder) when still held by another."""
+
+    def check_apply_lock(self) -> None:
+        """Raise `LedgerUnavailable` (exit 3) if the apply lock this ledger holds may have been
+        lost. The sender asks about once a second. SQLite's lock is the process's own flock and
+        cannot be lost; PostgreSQL's lives on a connection of its own, which can drop while
+        the others go on."""
 
     # --- transactions -------------------------------------------------------------
 
@@ -626,7 +633,8 @@ class Ledger(ABC):
         if not new:
             return []
         wanted: dict[str, set[tuple[str, str]]] = {}
-        batch_rows, destination_rows = [], []
+        batch_rows: list[tuple[Any, ...]] = []
+        destination_rows: list[tuple[Any, ...]] = []
         for key, batch in new.items():
             unique = wanted[key] = {(d.msisdn, d.correlation_id) for d in batch.destinations}
             digests = batch_content_digests(batch)
@@ -706,9 +714,10 @@ class Ledger(ABC):
         so the status is read back only to explain an UPDATE that found nothing."""
         env = self.environment
         allowed = sorted(_ALLOWED_FROM[status])
-        assignments = "".join(f", {name} = {name} + 1" if value is _INCREMENT else f", {name} = ?"
+        steps = {_INCREMENT: " + 1", _DECREMENT: " - 1"}
+        assignments = "".join(f", {name} = {name}{steps[value]}" if value in steps else f", {name} = ?"
                               for name, value in columns.items())
-        values = [value for value in columns.values() if value is not _INCREMENT]
+        values = [value for value in columns.values() if value not in steps]
         updated = connection.execute(
             f"UPDATE batches SET status = ?, updated_at = ?{assignments} WHERE environment = ? AND batch_key = ? "
             f"AND status IN ({','.join('?' * len(allowed))})",
@@ -773,6 +782,12 @@ class Ledger(ABC):
     def mark_uncertain(self, batch_key: str, *, reason: str) -> None:
         with self._write() as connection:
             self._set_status(connection, batch_key, "uncertain", now_text(), vendor_message=_one_line(reason))
+
+    def mark_unsent(self, batch_key: str) -> None:
+        """Undo `mark_in_flight` for a batch that never left (the run stopped first): it is
+        pending again and that attempt is not counted."""
+        with self._write() as connection:
+            self._set_status(connection, batch_key, "pending", now_text(), attempts=_DECREMENT)
 
     def mark_pending(
         self, batch_key: str, *, http_status: int | None, code: str | None, message: str

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from runner.errors import CampaignError, ExitCode
 
-from . import DEFAULT_ENVIRONMENT, SCHEMA_VERSION, Connection, Cursor, Dialect, Ledger, mask_state
+from . import DEFAULT_ENVIRONMENT, SCHEMA_VERSION, Connection, Cursor, Dialect, Ledger, LedgerUnavailable, mask_state
 from .schema import ADD_CONTENT_DIGEST
 
 if TYPE_CHECKING:
@@ -202,6 +202,24 @@ class PostgresLedger(Ledger):
             yield
         finally:
             self._unlock(key)
+
+    def check_apply_lock(self) -> None:
+        """The lock's connection must still answer: if it dropped, the server has released
+        the lock and another apply may take the campaign, so this one must stop sending."""
+        with self._lock:
+            connection = self._state.connection
+            if connection is None:
+                return
+            try:
+                connection.execute("SELECT 1").fetchone()
+            except self.storage_errors as exc:
+                raise LedgerUnavailable(
+                    f"lost the apply lock on the ledger {self.display}: its connection dropped "
+                    f"({_clean(exc, self._url)}); another apply could now take the campaign",
+                    exit_code=ExitCode.PARTIAL,
+                    hint="batches that were in flight become uncertain on the next apply; check them "
+                    "(campaign status), then re-run, with --resend-uncertain if they were not delivered",
+                ) from None
 
     def _try_lock(self, key: int) -> bool:
         with self._lock:
