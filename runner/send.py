@@ -417,16 +417,7 @@ def _chunks(batches: Iterator[Batch], most_batches: int, most_destinations: int)
 
 def _pending_groups(batches: Iterator[Batch]) -> Iterator[list[Batch]]:
     """Consecutive batches, a few at a time, for `record_pending_many` (one transaction)."""
-    group: list[Batch] = []
-    destinations = 0
-    for batch in batches:
-        group.append(batch)
-        destinations += len(batch.destinations)
-        if len(group) >= PENDING_GROUP_BATCHES or destinations >= PENDING_GROUP_DESTINATIONS:
-            yield group
-            group, destinations = [], 0
-    if group:
-        yield group
+    return _chunks(batches, PENDING_GROUP_BATCHES, PENDING_GROUP_DESTINATIONS)
 
 
 # --- the send loop -------------------------------------------------------------------

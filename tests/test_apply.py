@@ -213,8 +213,13 @@ class RecordingProxy:
                 self.end_headers()
                 self.wfile.write(answer.content)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            # apply opens up to 128 connections at once: socketserver's backlog of 5 would
+            # drop handshakes and reset requests that had already left (as the sandbox's did)
+            request_queue_size = 256
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self._client = client
         return f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -464,18 +464,26 @@ def test_a_bad_lock_timeout_is_a_usage_error(text: str) -> None:
     assert refused.value.exit_code == ExitCode.USAGE
 
 
+def apply_and_cut(slow: Sandbox, pg_state: str, path: Path, cut: Callable[[str], int]) -> tuple[int, str, int]:
+    """Start an apply (4 in flight), and once 8 requests arrived end some of its database
+    sessions with `cut` (which must end at least one); returns its exit code, its stderr,
+    and the requests the sandbox had when it ended."""
+    with subprocess.Popen(apply_command(slow, pg_state, path, "--max-in-flight", "4"), env=environment(),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as running:
+        while slow.stats()["requests"] < 8 and running.poll() is None:
+            threading.Event().wait(0.05)  # polling a condition, not a timing assertion
+        assert cut(pg_state) >= 1
+        _, err = running.communicate(timeout=TIMEOUT)
+        return running.returncode, err, slow.stats()["requests"]
+
+
 def test_a_connection_lost_mid_apply_exits_3_and_the_next_run_holds_the_batches(
         tmp_path: Path, pg_state: str) -> None:
     path, numbers = campaign_file(tmp_path, "lost", first=217_000, count=400, groups=400, tps=100)
     with Sandbox(SandboxSettings(service_key=KEY, latency=0.2)) as slow:
-        with subprocess.Popen(apply_command(slow, pg_state, path, "--max-in-flight", "4"), env=environment(),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) as running:
-            while slow.stats()["requests"] < 8 and running.poll() is None:
-                threading.Event().wait(0.05)  # polling a condition, not a timing assertion
-            assert terminate_other_sessions(pg_state) >= 1  # what a server restart does to the sessions
-            out, err = running.communicate(timeout=TIMEOUT)
-        assert running.returncode == 3, err
+        code, err, _ = apply_and_cut(slow, pg_state, path, terminate_other_sessions)  # a server restart
+        assert code == 3, err
         assert "lost the ledger postgresql://" in err and "Traceback" not in err
         again = subprocess.run(apply_command(slow, pg_state, path), env=environment(), stdin=subprocess.DEVNULL,
                                capture_output=True, text=True, timeout=TIMEOUT)
@@ -494,15 +502,8 @@ def test_an_apply_whose_lock_connection_drops_stops_sending_and_exits_3(tmp_path
     lock, so another apply could take the campaign; this one must stop, not go on unlocked."""
     path, numbers = campaign_file(tmp_path, "unlocked", first=218_000, count=400, groups=400, tps=100)
     with Sandbox(SandboxSettings(service_key=KEY, latency=0.2)) as slow:
-        with subprocess.Popen(apply_command(slow, pg_state, path, "--max-in-flight", "4"), env=environment(),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) as running:
-            while slow.stats()["requests"] < 8 and running.poll() is None:
-                threading.Event().wait(0.05)  # polling a condition, not a timing assertion
-            assert terminate_lock_holders(pg_state) == 1
-            out, err = running.communicate(timeout=TIMEOUT)
-            sent_by_then = slow.stats()["requests"]
-        assert running.returncode == 3, err
+        code, err, sent_by_then = apply_and_cut(slow, pg_state, path, terminate_lock_holders)
+        assert code == 3, err
         assert "lost the apply lock on the ledger postgresql://" in err and "Traceback" not in err
         assert sent_by_then < len(numbers)  # it stopped: the campaign was not finished unlocked
         resent = subprocess.run(apply_command(slow, pg_state, path, "--resend-uncertain"), env=environment(),

@@ -611,17 +611,23 @@ class Ledger(ABC):
 
     _KEYS_PER_STATEMENT: Final = 500  # keys in one IN (...) list: under SQLite's bound-parameter limit
 
+    def _by_keys(self, connection: Connection, head: str, keys: Sequence[str], tail: str = "") -> list[Any]:
+        """The rows of `head (?, ?, ...) tail` for every key, a statement per 500 keys; the
+        statement's first parameter is this ledger's environment."""
+        rows: list[Any] = []
+        for start in range(0, len(keys), self._KEYS_PER_STATEMENT):
+            part = list(keys[start:start + self._KEYS_PER_STATEMENT])
+            rows.extend(connection.execute(f"{head} ({','.join('?' * len(part))}){tail}",
+                                           (self.environment, *part)).fetchall())
+        return rows
+
     def _insert_batches(self, connection: Connection, campaign_id: str, batches: Sequence[Batch],
                         now: str) -> list[str]:
         """Record the batches not yet known; returns their keys. Raises as `record_pending` says."""
         env = self.environment
         keys = list(dict.fromkeys(batch.key for batch in batches))
-        known: dict[str, str] = {}
-        for start in range(0, len(keys), self._KEYS_PER_STATEMENT):
-            part = keys[start:start + self._KEYS_PER_STATEMENT]
-            known.update(connection.execute(
-                f"SELECT batch_key, campaign_id FROM batches WHERE environment = ? AND batch_key IN "
-                f"({','.join('?' * len(part))})", (env, *part)).fetchall())
+        known: dict[str, str] = dict(self._by_keys(
+            connection, "SELECT batch_key, campaign_id FROM batches WHERE environment = ? AND batch_key IN", keys))
         for key, owner in known.items():
             if owner != campaign_id:
                 raise CampaignError(f"ledger: batch key {key} already belongs to campaign '{owner}'",
@@ -659,13 +665,10 @@ class Ledger(ABC):
             "WHERE destinations.status IN ('pending', 'failed', 'uncertain')",
             destination_rows,
         )
-        held: dict[str, int] = {}
         new_keys = list(new)
-        for start in range(0, len(new_keys), self._KEYS_PER_STATEMENT):
-            part = new_keys[start:start + self._KEYS_PER_STATEMENT]
-            held.update(connection.execute(
-                f"SELECT batch_key, count(*) FROM destinations WHERE environment = ? AND batch_key IN "
-                f"({','.join('?' * len(part))}) GROUP BY batch_key", (env, *part)).fetchall())
+        held: dict[str, int] = dict(self._by_keys(
+            connection, "SELECT batch_key, count(*) FROM destinations WHERE environment = ? AND batch_key IN",
+            new_keys, " GROUP BY batch_key"))
         for key, unique in wanted.items():
             if held.get(key, 0) != len(unique):
                 self._refuse_taken(connection, campaign_id, key, unique, held.get(key, 0))
@@ -815,15 +818,10 @@ class Ledger(ABC):
     def batch_statuses(self, batch_keys: Sequence[str]) -> dict[str, str]:
         """`batch_status` of many batches in one read (known ones only): the sender asks
         once per group instead of once per request, each waiting for the ledger."""
-        found: dict[str, str] = {}
         with self._read() as connection:
-            for start in range(0, len(batch_keys), 500):  # under SQLite's bound-parameter limit
-                part = list(batch_keys[start:start + 500])
-                rows = connection.execute(
-                    f"SELECT batch_key, status FROM batches WHERE environment = ? AND batch_key IN "
-                    f"({','.join('?' * len(part))})", (self.environment, *part))
-                found.update((str(key), str(status)) for key, status in rows)
-        return found
+            rows = self._by_keys(connection, "SELECT batch_key, status FROM batches WHERE environment = ? "
+                                 "AND batch_key IN", batch_keys)
+        return {str(key): str(status) for key, status in rows}
 
     _RECORD_COLUMNS: Final = (
         "b.batch_key, b.campaign_id, b.batch_index, b.api, b.status, b.attempts, b.http_status, "
