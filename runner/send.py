@@ -227,21 +227,25 @@ class RateLimiter:
         with self.lock:
             self.paused_until = max(self.paused_until, self.clock() + seconds)
 
-    def acquire(self, count: int, stop: threading.Event | None = None) -> list[float] | None:
+    def acquire(self, count: int, stop: threading.Event | None = None, *,
+                departs_later: bool = False) -> list[float] | None:
         """Wait until `count` destinations fit the window and reserve them; None if `stop` was set.
 
-        The reservation is returned so that `touch` can move it to the moment the request
-        really leaves (after the ledger write): the window must count departures.
+        The reservation ([time, destinations, leaving]) is returned so that `touch` can move
+        it to the moment the request really leaves: the window must count departures. With
+        `departs_later` it stays in the window until `touch` or `settle` says its request
+        left or never will: a connection that takes longer than a window to open must not
+        let the reservation expire and its request then leave beside the next window's.
         """
         count = min(count, self.rate)
         with self.turn:
-            return self._acquire(count, stop)
+            return self._acquire(count, stop, 1.0 if departs_later else 0.0)
 
-    def _acquire(self, count: int, stop: threading.Event | None) -> list[float] | None:
+    def _acquire(self, count: int, stop: threading.Event | None, leaving: float) -> list[float] | None:
         while True:
             with self.lock:
                 now = self.clock()
-                while self.sent and now - self.sent[0][0] >= self.window:
+                while self.sent and not self.sent[0][2] and now - self.sent[0][0] >= self.window:
                     self.in_window -= int(self.sent.popleft()[1])
                 wait_for = max(self.paused_until, self.next_start) - now
                 if wait_for <= 0 and self.in_window + count <= self.rate:
@@ -250,7 +254,7 @@ class RateLimiter:
                     # slots at once, instead of losing that time for good
                     spacing = count * self.window / self.rate
                     self.next_start = max(self.next_start, now - CATCH_UP_SECONDS) + spacing
-                    reservation = [now, count]
+                    reservation = [now, count, leaving]
                     self.sent.append(reservation)
                     self.in_window += count
                     return reservation
@@ -261,9 +265,17 @@ class RateLimiter:
             self.sleep(min(max(wait_for, 0.001), 0.25))
 
     def touch(self, reservation: list[float]) -> None:
-        """Restart a reservation's second now (only ever later, so the window never undercounts)."""
+        """Its request is leaving: restart the reservation's second now (only ever later, so
+        the window never undercounts)."""
         with self.lock:
             reservation[0] = max(reservation[0], self.clock())
+            reservation[2] = 0.0
+
+    def settle(self, reservation: list[float]) -> None:
+        """The attempt is over: a reservation never touched (nothing left, or a transport
+        without the departure hook) expires from its own time, as any other."""
+        with self.lock:
+            reservation[2] = 0.0
 
 
 def backoff_delay(attempt: int, policy: SendPolicy, retry_after: float | None, rng: random.Random) -> float:
@@ -493,6 +505,8 @@ class Applier:
         work: queue.SimpleQueue[tuple[Batch, list[float]] | None] = queue.SimpleQueue()
         self._free = threading.Semaphore(workers)  # threads not sending
         self._next_lock_check = 0.0
+        self._was: dict[str, str] = {}  # a failed or uncertain batch's status before this run marked it
+        self._not_handed_out: list[str] = []  # marked in flight by the dispatcher, not yet with a thread
         self._worker_error: BaseException | None = None
         self._ends_queued = 0
         self._committer = GroupCommitter(self.ledger)
@@ -517,6 +531,10 @@ class Applier:
                 self.result.interrupted = True
                 self._finish_workers(work, threads)
             self._committer.close()  # after the workers: every write they made is in
+            try:
+                self._put_back(self._not_handed_out)  # marked in flight, but they never left
+            except CampaignError:
+                pass  # the ledger is gone: they stay in flight, held as uncertain by the next run
             self.result.elapsed_seconds = time.monotonic() - started
             if self.first_departure is not None:
                 self.result.send_seconds = self.last_slot_end - self.first_departure
@@ -535,25 +553,32 @@ class Applier:
             for batch in group:
                 if self.stop.is_set():
                     return
-                if self._should_send(batch, statuses.get(batch.key)):
+                status = statuses.get(batch.key)
+                if self._should_send(batch, status):
+                    if status in ("failed", "uncertain"):  # few; pending is the default
+                        self._was[batch.key] = status
                     yield batch
 
     def _dispatch(self, chunk: list[Batch], work: queue.SimpleQueue[tuple[Batch, list[float]] | None]) -> bool:
         """Mark `chunk` in flight (one commit, before any of it leaves), then hand each batch
         to a free thread at its pacing slot. False when the run stops: the batches not
-        handed out go back to pending, uncounted (they never left)."""
+        handed out go back to the status they had, uncounted (they never left; `_run` puts
+        them back once the threads are done)."""
+        if self.stop.is_set():
+            return False
         keys = [batch.key for batch in chunk]
         now = time.monotonic()
         if now >= self._next_lock_check:
             self._next_lock_check = now + LOCK_CHECK_SECONDS
             self.ledger.check_apply_lock()  # nothing new leaves once the lock may be another's
         self._committer.write(functools.partial(self._mark_in_flight, keys))
-        for at, batch in enumerate(chunk):
+        self._not_handed_out = keys
+        for batch in chunk:
             reservation = self._free_slot(len(batch.destinations))
             if reservation is None:
-                self._committer.write(functools.partial(self._mark_unsent, keys[at:]))
                 return False
             work.put((batch, reservation))
+            self._not_handed_out = self._not_handed_out[1:]
         return True
 
     def _free_slot(self, destinations: int) -> list[float] | None:
@@ -561,7 +586,8 @@ class Applier:
         while not self._free.acquire(timeout=0.1):
             if self.stop.is_set():
                 return None
-        reservation = None if self.stop.is_set() else self.limiter.acquire(destinations, self.stop)
+        reservation = None if self.stop.is_set() else self.limiter.acquire(destinations, self.stop,
+                                                                           departs_later=True)
         if reservation is None:
             self._free.release()
         return reservation
@@ -570,9 +596,14 @@ class Applier:
         for key in keys:
             self.ledger.mark_in_flight(key, self.run_id)
 
-    def _mark_unsent(self, keys: list[str]) -> None:
+    def _put_back(self, keys: list[str]) -> None:
+        """Batches this run marked in flight that never left: back to the status they had
+        (pending, failed, or uncertain with --resend-uncertain, which a stopped run must not
+        turn into pending: the next run would send those without being asked), their
+        attempt uncounted. Straight to the ledger, not through the committer: this must
+        happen even after an earlier answer's record failed."""
         for key in keys:
-            self.ledger.mark_unsent(key)
+            self.ledger.mark_unsent(key, back_to=self._was.get(key, "pending"))
 
     def _work(self, work: queue.SimpleQueue[tuple[Batch, list[float]] | None]) -> None:
         while True:
@@ -633,12 +664,13 @@ class Applier:
         answer: Answer | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
             if attempt == 1 and self.stop.is_set():  # stopped since it was handed out: it never left
-                self._committer.write(functools.partial(self.ledger.mark_unsent, batch.key))
+                self.limiter.settle(reservation)
+                self._put_back([batch.key])
                 return
             if attempt > 1:
                 if self.stop.is_set():
                     break
-                retry_slot = self.limiter.acquire(len(batch.destinations), self.stop)
+                retry_slot = self.limiter.acquire(len(batch.destinations), self.stop, departs_later=True)
                 if retry_slot is None:
                     break
                 reservation = retry_slot
@@ -646,7 +678,10 @@ class Applier:
             with self.result_lock:
                 self.result.attempts += 1
             # the window counts from the departure (not the fsync, nor the connection set-up)
-            answer = self.sender.send(batch, on_departure=functools.partial(self.limiter.touch, reservation))
+            try:
+                answer = self.sender.send(batch, on_departure=functools.partial(self.limiter.touch, reservation))
+            finally:
+                self.limiter.settle(reservation)
             self._note_departure(reservation)
             if self.log is not None:
                 self.log(f"batch {batch.key} attempt {attempt}: {answer.outcome.value}"

@@ -792,10 +792,30 @@ def test_a_late_sender_catches_up_a_little_and_never_beyond_the_window() -> None
     assert max_in_window(departures, RATE_WINDOW_SECONDS) <= 1000
 
 
+def test_a_reservation_whose_request_has_not_left_stays_in_the_window() -> None:
+    """A full window's reservation whose connection takes 3 s: the next request may leave a
+    window after it really left, not a window after it was reserved (which would put both
+    in one second at the vendor)."""
+    clock = VirtualClock()
+    limiter = RateLimiter(100, clock=clock, sleep=clock.sleep)
+    connecting = limiter.acquire(100, departs_later=True)
+    assert connecting is not None
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.now >= 1003.0 and connecting[2]:
+            limiter.touch(connecting)  # connected: its request leaves now
+
+    limiter.sleep = sleep
+    following = limiter.acquire(100)
+    assert following is not None and connecting[0] >= 1003.0
+    assert following[0] >= connecting[0] + RATE_WINDOW_SECONDS
+
+
 def test_rate_limiter_pause_holds_every_sender_until_it_ends() -> None:
     clock = VirtualClock()
     limiter = RateLimiter(100, clock=clock, sleep=clock.sleep)
-    assert limiter.acquire(10) == [1000.0, 10]
+    assert limiter.acquire(10) == [1000.0, 10, 0.0]  # [departure, destinations, not yet left]
     limiter.pause(30)  # a Retry-After of 30 s
     reservation = limiter.acquire(10)
     assert reservation is not None and 1030.0 <= reservation[0] < 1030.0 + 0.25

@@ -200,7 +200,39 @@ def test_the_window_counts_a_request_from_its_departure_not_from_before_its_conn
     assert len(gaps) == 2 and all(1.02 <= gap < 1.03 for gap in gaps), gaps
 
 
-# --- 7. a 429 pauses every worker ------------------------------------------------------------------
+def test_a_stopped_run_puts_back_the_batches_it_marked_but_never_sent_as_they_were(tmp_path: Path) -> None:
+    """--resend-uncertain, then a stop at the first answer: the dispatcher had marked the
+    next batches in flight; those that never left go back to uncertain (pending would let
+    the next plain apply send them unasked), their attempt uncounted."""
+    write_csv(tmp_path / "people.csv", ["msisdn"], [[number(i)] for i in range(40)])
+    campaign = campaign_from(tmp_path, {"content": {"text": "Hi {{ msisdn }}"}, "personalisation": "local",
+                                        "recipients": [{"file": "people.csv"}], "throughput": {"tps": 1000}})
+    clock = VirtualClock()
+    no_answer = Answer(Outcome.UNCERTAIN, None, None, "no answer", None, None)
+    with Ledger.open(tmp_path / "state.db") as ledger:
+        first = Applier(campaign, ledger=ledger, sender=ScriptedVendor(clock, lambda b, n, now: no_answer), api="v2",
+                        policy=SendPolicy(max_in_flight=1), run_id=ledger.begin_run(campaign.id), seed=1,
+                        clock=clock, sleep=clock.sleep)
+        assert first.run(Compiler(campaign, "v2").iter_batches()).uncertain == 40
+        stopping: list[Applier] = []
+
+        def answer(batch: Batch, attempt: int, now: float) -> Answer:
+            stopping[0].stop.set()
+            return accepted()
+
+        vendor = ScriptedVendor(clock, answer)
+        second = Applier(campaign, ledger=ledger, sender=vendor, api="v2",
+                         policy=SendPolicy(max_in_flight=1, resend_uncertain=True),
+                         run_id=ledger.begin_run(campaign.id), seed=1, clock=clock, sleep=clock.sleep)
+        stopping.append(second)
+        result = second.run(Compiler(campaign, "v2").iter_batches())
+        records = ledger.batch_records(campaign.id)
+    assert len(vendor.sent) == 1 and result.attempts == 1
+    assert sorted(r.status for r in records) == ["accepted"] + ["uncertain"] * 39
+    assert sorted(r.attempts for r in records) == [1] * 39 + [2]  # one attempt each, the resent one two
+
+
+# --- 7. a 429 pauses every worker# --- 7. a 429 pauses every worker ------------------------------------------------------------------
 
 
 def test_a_429_pauses_the_shared_limiter_not_only_the_refused_batch(tmp_path: Path) -> None:

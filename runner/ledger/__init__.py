@@ -786,11 +786,13 @@ class Ledger(ABC):
         with self._write() as connection:
             self._set_status(connection, batch_key, "uncertain", now_text(), vendor_message=_one_line(reason))
 
-    def mark_unsent(self, batch_key: str) -> None:
-        """Undo `mark_in_flight` for a batch that never left (the run stopped first): it is
-        pending again and that attempt is not counted."""
+    def mark_unsent(self, batch_key: str, *, back_to: str = "pending") -> None:
+        """Undo `mark_in_flight` for a batch that never left (the run stopped first): back to
+        the status it had (`pending`, `failed` or `uncertain`), that attempt not counted."""
+        if back_to not in ("pending", "failed", "uncertain"):
+            raise CampaignError(f"ledger: a batch cannot go back to {back_to}", exit_code=ExitCode.INTERNAL)
         with self._write() as connection:
-            self._set_status(connection, batch_key, "pending", now_text(), attempts=_DECREMENT)
+            self._set_status(connection, batch_key, cast(BatchStatus, back_to), now_text(), attempts=_DECREMENT)
 
     def mark_pending(
         self, batch_key: str, *, http_status: int | None, code: str | None, message: str
