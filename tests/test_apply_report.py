@@ -170,6 +170,16 @@ def test_apply_without_max_in_flight_chooses_it_from_the_campaign(tmp_path: Path
     assert given["maxInFlight"] == 3
 
 
+def test_requests_leaving_together_never_read_above_the_tps(tmp_path: Path, sandbox: Sandbox) -> None:  # noqa: F811
+    """Seven one-destination requests at 100 TPS, each on a new connection (the quick start):
+    their slots are 7 x 1.02 / 100 s however close together they left."""
+    path, _ = csv_campaign(tmp_path, 7, tps=100, text="Hi {{ msisdn }}", personalisation="local")
+    result = json.loads(apply(path, sandbox.url, tmp_path / "state.db", output_format="json").out)
+    assert result["acceptedDestinations"] == 7
+    assert result["sendSeconds"] >= 0.071
+    assert result["destinationsPerSecond"] <= 100
+
+
 def test_the_text_summary_states_the_send_phase_rate(tmp_path: Path, sandbox: Sandbox) -> None:  # noqa: F811
     path, _ = csv_campaign(tmp_path, 446, tps=500)
     run = apply(path, sandbox.url, tmp_path / "state.db")
