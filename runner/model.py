@@ -29,45 +29,45 @@ Scalar = str | int | float | bool
 # jinja2's `{{ }}`, the plain path's `%s`, the wire and the sandbox all go through it.
 
 
-class WrittenInt(int):
+class _AsWritten:
+    """Prints as the file wrote it (`text`) while it computes and compares as its number;
+    mixed in before `int` or `float`, whose constructor `super()` then reaches."""
+
+    text: str
+    _number: type  # the number it is: int or float
+
+    def __new__(cls, value: Any, text: str) -> Any:
+        self = super().__new__(cls, value)  # type: ignore[call-arg]
+        self.text = text
+        return self
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __format__(self, spec: str) -> str:
+        return self.text if not spec else super().__format__(spec)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self._number(self), self.text))
+
+
+class WrittenInt(_AsWritten, int):
     """An integer that prints as written (validation admits only canonical forms such
     as `1200` or `-5`; JSON Lines may write `12` only one way too)."""
 
-    text: str
+    _number = int
 
     def __new__(cls, value: int, text: str) -> WrittenInt:
-        self = super().__new__(cls, value)
-        self.text = text
-        return self
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __format__(self, spec: str) -> str:
-        return self.text if not spec else int(self).__format__(spec)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (int(self), self.text))
+        return super().__new__(cls, value, text)  # type: ignore[no-any-return]
 
 
-class WrittenFloat(float):
+class WrittenFloat(_AsWritten, float):
     """A decimal that prints as written: `1.50` is 1.5 to arithmetic and `1.50` on the handset."""
 
-    text: str
+    _number = float
 
     def __new__(cls, value: float, text: str) -> WrittenFloat:
-        self = super().__new__(cls, value)
-        self.text = text
-        return self
-
-    def __str__(self) -> str:
-        return self.text
-
-    def __format__(self, spec: str) -> str:
-        return self.text if not spec else float(self).__format__(spec)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (float(self), self.text))
+        return super().__new__(cls, value, text)  # type: ignore[no-any-return]
 
 
 class WrittenBool(WrittenInt):
