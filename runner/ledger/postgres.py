@@ -124,8 +124,7 @@ class PostgresLedger(Ledger):
         psycopg = _psycopg()
         shown = mask_state(url)
         try:
-            raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                                  application_name="campaign-runner")
+            raw = _open_raw(url)
         except psycopg.Error as exc:
             raise CampaignError(
                 f"cannot connect to the ledger {shown}: {_clean(exc, url)}",
@@ -167,8 +166,7 @@ class PostgresLedger(Ledger):
     def _open_pooled(self) -> Connection:
         psycopg = _psycopg()
         try:
-            raw = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                                  application_name="campaign-runner")
+            raw = _open_raw(self._url)
         except psycopg.Error as exc:
             raise self.storage_error(RuntimeError(_clean(exc, self._url))) from None
         return _PostgresConnection(raw)
@@ -238,6 +236,14 @@ class PostgresLedger(Ledger):
                 connection.execute("SELECT pg_advisory_unlock(?)", (key,))
             except self.storage_errors:
                 pass  # the connection is gone, and the lock with it
+
+
+def _open_raw(url: str) -> psycopg.Connection[Any]:
+    """A connection as every one of the ledger's is: autocommit (the shared queries BEGIN
+    and COMMIT themselves), a bounded connect, named in the server's activity view."""
+    raw: psycopg.Connection[Any] = _psycopg().connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                                      application_name="campaign-runner")
+    return raw
 
 
 def _close_quietly(connection: Connection) -> None:
